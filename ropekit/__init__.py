@@ -1,0 +1,24 @@
+"""ropekit: RoPE context extension for Hugging Face models, applied correctly and proven.
+
+Importing ropekit is light: torch and transformers load only when a live model
+or the landing check needs them.
+"""
+
+from __future__ import annotations
+
+from ropekit.api import apply_rope_scaling, plan, resolve
+from ropekit.registry.errors import RopekitError
+from ropekit.registry.hookspecs import hookimpl
+from ropekit.registry.long_context import LongContextConfig
+from ropekit.registry.receipt import Receipt, verify_receipt
+
+__all__ = [
+    "LongContextConfig",
+    "Receipt",
+    "RopekitError",
+    "apply_rope_scaling",
+    "hookimpl",
+    "plan",
+    "resolve",
+    "verify_receipt",
+]

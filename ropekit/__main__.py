@@ -1,0 +1,3 @@
+from ropekit.cli import run
+
+run()

@@ -1,0 +1,32 @@
+"""Environment switches, read at call time (never cached at import)."""
+
+from __future__ import annotations
+
+import os
+
+ENTRY_POINT_GROUP = "ropekit"
+RECEIPT_FILENAME = "rope_receipt.json"
+BACKUP_FILENAME = "config.json.ropekit-orig"
+RECEIPT_SCHEMA = 1
+
+_TRUE = {"1", "true", "yes", "on"}
+
+
+def _env_list(name: str) -> list[str]:
+    raw = os.environ.get(name, "")
+    return [item.strip() for item in raw.split(",") if item.strip()]
+
+
+def disabled_plugins() -> list[str]:
+    """Plugin names listed in ``ROPEKIT_DISABLE_PLUGINS`` (comma separated)."""
+    return _env_list("ROPEKIT_DISABLE_PLUGINS")
+
+
+def load_entry_points() -> bool:
+    """False when ``ROPEKIT_NO_ENTRY_POINTS`` is set: only the built-in plugins load."""
+    return os.environ.get("ROPEKIT_NO_ENTRY_POINTS", "").lower() not in _TRUE
+
+
+def hf_hub_offline() -> bool:
+    """True when ``HF_HUB_OFFLINE`` asks huggingface_hub to stay off the network."""
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in _TRUE

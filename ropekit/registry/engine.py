@@ -1,0 +1,308 @@
+"""Plan and apply: locate the rope sites, read what ships, apply policy, write, receipt.
+
+The engine is generic: families say where settings live and what the model was
+trained with, methods say what to write; the engine only applies the policy and
+records the result. ``plan_config`` never mutates its input; ``apply_config``
+applies a plan's changes all together or not at all.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.metadata
+import platform
+from dataclasses import dataclass, field
+from typing import Any
+
+from .config_view import Change, ConfigView, RopeSite, _MISSING
+from .errors import (
+    CompoundingError, InvalidRequestError, UnstableFactorError, WindowMismatchError,
+)
+from .family import UNSCALED_TYPES, Family, ShippedScaling
+from .long_context import LongContextConfig
+from .manager import Registry, get_registry
+from .methods import SCALING_KEYS, MethodRequest, ScalingMethod, closed_form, new_window
+from .receipt import SCHEMA, Receipt, config_field_hashes, config_sha256
+
+AUTO_YARN_FROM = 4.0
+
+
+@dataclass
+class Plan:
+    """Everything a patch will do, computed without touching the config."""
+
+    family: Family
+    method: ScalingMethod
+    method_reason: str
+    request: LongContextConfig
+    sites: list[RopeSite]
+    changes: list[Change]
+    native_window: int
+    original_window: int
+    factor: float
+    requested_factor: float
+    rotary_dim: int
+    existing: ShippedScaling | None
+    policy: str  # none | compound | replace
+    final_ropes: dict[str, dict[str, Any]]
+    config_max_position_embeddings: int
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def primary_site(self) -> RopeSite:
+        return self.sites[-1]
+
+    @property
+    def new_window(self) -> int:
+        return new_window(self.factor, self.original_window)
+
+    def expected(self, site: RopeSite | None = None, seq_len: int | None = None) -> tuple[list[float], float]:
+        """Closed-form ``(inv_freq, attention_scaling)`` the patched site implies."""
+        site = site or self.primary_site
+        return closed_form(self.final_ropes[site.label], self.rotary_dim,
+                           self.config_max_position_embeddings, seq_len)
+
+    @property
+    def attention_scaling(self) -> float:
+        return self.expected()[1]
+
+    @property
+    def long_context(self) -> dict[str, Any]:
+        m, r = self.method, self.request
+        return {
+            "method": m.name,
+            "factor": float(self.factor),
+            "original_max_position_embeddings": int(self.original_window),
+            "new_max_position_embeddings": self.new_window,
+            "attn_factor": float(r.attn_factor) if m.uses_betas else None,
+            "beta_fast": _num(r.beta_fast) if m.uses_betas else None,
+            "beta_slow": _num(r.beta_slow) if m.uses_betas else None,
+            "papers": list(m.papers),
+        }
+
+    def to_json(self) -> dict[str, Any]:
+        """The plan as JSON: what ``ropekit plan --json`` prints."""
+        return {
+            "family": {"name": self.family.name, "plugin": self.family.plugin, "version": self.family.version},
+            "long_context": self.long_context,
+            "attention_scaling": self.attention_scaling,
+            "method_reason": self.method_reason,
+            "native_window": self.native_window,
+            "rotary_dim": self.rotary_dim,
+            "existing_scaling": self.existing.to_json() if self.existing else None,
+            "policy": {"on_existing": self.request.on_existing, "applied": self.policy},
+            "sites": [s.label for s in self.sites],
+            "changes": [c.to_json() for c in self.changes],
+            "warnings": list(self.warnings),
+        }
+
+
+def _num(value: float) -> float | int:
+    return int(value) if float(value).is_integer() else float(value)
+
+
+def choose_method(request: LongContextConfig, factor: float, family: Family) -> tuple[str, str]:
+    """Resolve ``method="auto"`` following DESIGN's guidance; say why."""
+    if request.method != "auto":
+        return request.method, f"{request.method} was requested"
+    supported = family.methods
+    if supported is not None and "yarn" not in supported:
+        if not supported:
+            return "yarn", "family supports no method"  # check_method refuses with the family's reason
+        return supported[0], f"family '{family.name}' supports only {', '.join(supported)}"
+    if factor >= AUTO_YARN_FROM:
+        return "yarn", (f"yarn: x{factor:g} is 4x or more; YaRN keeps the high-frequency pairs intact "
+                        "and stays stable up to x32")
+    return "yarn", (f"yarn: keeps short-context behaviour (high-frequency pairs untouched); for a zero-shot "
+                    f"x{factor:g} extension with no fine-tuning, ntk is the cheaper alternative")
+
+
+def plan_config(target: Any, request: LongContextConfig, *, registry: Registry | None = None,
+                family: str | None = None, inherited: ShippedScaling | None = None) -> Plan:
+    """Plan a patch of a config dict or transformers config object, without mutating it.
+
+    :param family: force a family by name instead of reading model_type.
+    :param inherited: scaling shipped by a base model (from Hub lineage), applied
+        as if the config carried it when the config itself carries none.
+    """
+    if not isinstance(request, LongContextConfig):
+        raise InvalidRequestError(f"expected a LongContextConfig, got {type(request).__name__}; "
+                                  "build one with LongContextConfig(method=..., factor=...)")
+    registry = registry or get_registry()
+    view = target if isinstance(target, ConfigView) else ConfigView(target)
+    fam = registry.family(family).resolve(view, registry) if family else registry.family_for(view)
+    sites = fam.rope_sites(view)
+    primary = sites[-1]
+    native = fam.native_window(view, primary)
+    existing = fam.shipped_scaling(view, primary) or inherited
+    warnings: list[str] = []
+
+    declared = request.original_max_position_embeddings
+    if declared is not None and declared != native:
+        raise WindowMismatchError(
+            f"declared original window {declared} differs from the native window {native} of this "
+            f"{fam.name} model; drop original_max_position_embeddings or set it to {native}"
+        )
+
+    base_window = existing.original_max_position_embeddings if existing else native
+    if request.factor is not None:
+        requested = float(request.factor)
+        total = requested * (existing.factor if existing and request.on_existing == "compound" else 1.0)
+    else:
+        total = request.target_context / base_window
+        requested = total / existing.factor if existing and request.on_existing == "compound" else total
+        if requested <= 1:
+            have = existing.window if existing else native
+            raise InvalidRequestError(
+                f"target_context {request.target_context} is not beyond the model's window {have}; "
+                "ask for a longer target or leave the model as it is"
+            )
+
+    method_name, reason = choose_method(request, total, fam)
+    fam.check_method(method_name)
+    method = registry.method(method_name)
+
+    policy = "none"
+    if existing:
+        if request.on_existing == "refuse":
+            compounded = existing.factor * requested
+            raise CompoundingError(
+                f"model {existing.describe()} ({existing.site}); asking x{requested:g} more means "
+                f"x{compounded:g} in total; pass on_existing='compound' (--on-existing compound) for "
+                f"{method.name} x{compounded:g} from {existing.original_max_position_embeddings}, or "
+                f"'replace' to drop {existing.rope_type} and apply {method.name} x{requested:g}"
+            )
+        policy = request.on_existing
+        if policy == "replace":
+            total = requested
+            warnings.append(f"dropping shipped {existing.rope_type} x{existing.factor:g}; "
+                            f"{method.name} x{total:g} replaces it")
+    original = base_window if existing else native
+
+    if total > method.stable_max_factor and not request.allow_unstable:
+        raise UnstableFactorError(
+            f"{method.name} x{total:g} is beyond its stable band (<= x{method.stable_max_factor:g}); "
+            "lower the factor, choose another method, or pass allow_unstable=True (--allow-unstable)"
+        )
+    if method.name == "dynamic":
+        warnings.append("dynamic NTK suits inference only; fine-tune with yarn or linear instead")
+
+    changes: list[Change] = []
+    final_ropes: dict[str, dict[str, Any]] = {}
+    rotary_dim = fam.rotary_dim(view, primary)
+    max_positions = None
+    containers_done: set[tuple[str, ...]] = set()
+    for site in sites:
+        raw = view.read_rope(site)
+        rope = fam.rope(view, site)
+        req = MethodRequest(total, original, fam.rotary_dim(view, site), rope["rope_theta"],
+                            request.beta_fast, request.beta_slow, request.attn_factor)
+        updates = method.rope_updates(req, rope)
+        removals: set[str] = set()
+        if policy in ("compound", "replace") and rope["rope_type"] not in UNSCALED_TYPES:
+            removals = {k for k in raw if k in SCALING_KEYS and k not in fam.preserve_keys and k not in updates}
+            updates.setdefault("rope_type", method.rope_type or "default")
+        if "rope_type" in updates and "type" in raw:
+            removals.add("type")  # a stale legacy key would contradict rope_type
+        for key, value in updates.items():
+            before = raw.get(key, _MISSING)
+            if before is _MISSING or before != value or type(before) is not type(value):
+                changes.append(Change(site.path, view.rope_key(site, key), before, value))
+        for key in sorted(removals):
+            changes.append(Change(site.path, view.rope_key(site, key), raw[key], None, removed=True))
+        final = {k: v for k, v in {**rope, **updates}.items() if k not in removals}
+        final_ropes[site.label] = final
+
+        if site.path not in containers_done:
+            containers_done.add(site.path)
+            max_positions = method.config_max_position_embeddings(req)
+            container_values = {"max_position_embeddings": max_positions, **fam.extra_changes(view, site, method.name)}
+            node = view.node(site.path)
+            for key, value in container_values.items():
+                present = view.has_in(node, key)
+                if not present and site is not primary and key == "max_position_embeddings":
+                    continue  # a wrapper level that never carried it
+                before = view.get_in(node, key) if present else _MISSING
+                if before != value:
+                    changes.append(Change(site.path, (key,), before, value))
+
+    return Plan(
+        family=fam, method=method, method_reason=reason, request=request, sites=sites,
+        changes=changes, native_window=native, original_window=original, factor=total,
+        requested_factor=requested, rotary_dim=rotary_dim, existing=existing, policy=policy,
+        final_ropes=final_ropes, config_max_position_embeddings=int(max_positions),
+        warnings=warnings,
+    )
+
+
+def apply_config(target: Any, request: LongContextConfig, *, registry: Registry | None = None,
+                 family: str | None = None, inherited: ShippedScaling | None = None,
+                 model: dict[str, Any] | None = None) -> tuple[Plan, Receipt]:
+    """Patch a config dict or object in place and return the plan and its receipt.
+
+    Nothing is changed unless every step succeeds.
+    """
+    view = ConfigView(target)
+    before = config_sha256(view)
+    plan = plan_config(view, request, registry=registry, family=family, inherited=inherited)
+    snapshot = _snapshot(view, plan.changes)
+    try:
+        view.apply(plan.changes)
+        after = config_sha256(view)
+        receipt = build_receipt(plan, view, before, after, model or {})
+    except BaseException:
+        _restore(view, snapshot)
+        raise
+    return plan, receipt
+
+
+def build_receipt(plan: Plan, view: ConfigView, before: str, after: str, model: dict[str, Any]) -> Receipt:
+    return Receipt({
+        "schema": SCHEMA,
+        "model": {
+            "id": model.get("id"), "revision": model.get("revision"), "source": model.get("source", "object"),
+            "config_sha256_before": before, "config_sha256_after": after,
+            **{k: v for k, v in model.items() if k not in {"id", "revision", "source"}},
+        },
+        "family": {"name": plan.family.name, "plugin": plan.family.plugin, "version": plan.family.version},
+        "long_context": plan.long_context,
+        "attention_scaling": plan.attention_scaling,
+        "method_reason": plan.method_reason,
+        "native_window": plan.native_window,
+        "rotary_dim": plan.rotary_dim,
+        "existing_scaling": plan.existing.to_json() if plan.existing else None,
+        "policy": {"on_existing": plan.request.on_existing, "applied": plan.policy},
+        "sites": [s.label for s in plan.sites],
+        "changes": [c.to_json() for c in plan.changes],
+        "config_fields_sha256": config_field_hashes(view),
+        "versions": versions(),
+        "landing": None,
+        "warnings": list(plan.warnings),
+    })
+
+
+def versions() -> dict[str, str | None]:
+    """Library versions recorded in receipts (metadata only: nothing heavy is imported)."""
+    def version(dist: str) -> str | None:
+        try:
+            return importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            return None
+    return {"ropekit": version("ropekit"), "transformers": version("transformers"),
+            "python": platform.python_version()}
+
+
+def _snapshot(view: ConfigView, changes: list[Change]) -> list[tuple[Any, str, Any]]:
+    saved = []
+    for change in changes:
+        node = view.node(change.container)
+        key = change.key[0]
+        value = copy.deepcopy(view.get_in(node, key)) if view.has_in(node, key) else _MISSING
+        saved.append((node, key, value))
+    return saved
+
+
+def _restore(view: ConfigView, snapshot: list[tuple[Any, str, Any]]) -> None:
+    for node, key, value in reversed(snapshot):
+        view._store(node, key, value, removed=value is _MISSING)
+

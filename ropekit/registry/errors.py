@@ -1,0 +1,91 @@
+"""Every error ropekit raises derives from :class:`RopekitError`.
+
+Each subclass also inherits the built-in exception a caller would naturally catch
+(``ValueError`` for bad values, ``KeyError`` for unknown names, ``FileNotFoundError``
+for missing inputs), and carries the command-line ``exit_code`` it maps to:
+2 usage, 3 refused by policy or failed verification, 4 bad input or resolution failure.
+Messages are one sentence that names the value, what was expected and the fix.
+"""
+
+from __future__ import annotations
+
+
+class RopekitError(Exception):
+    """Root of all ropekit errors."""
+
+    exit_code: int = 4
+
+    def __str__(self) -> str:  # KeyError would otherwise quote the message
+        return str(self.args[0]) if self.args else self.__class__.__name__
+
+
+class InvalidRequestError(RopekitError, ValueError):
+    """The requested scaling (factor, method, window, betas) is not valid."""
+
+    exit_code = 2
+
+
+class InvalidConfigError(RopekitError, ValueError):
+    """A model config is malformed: wrong types, missing keys, impossible values."""
+
+    exit_code = 4
+
+
+class UnknownFamilyError(RopekitError, KeyError):
+    """No registered family claims a model_type."""
+
+    exit_code = 4
+
+
+class PluginError(RopekitError):
+    """A plugin misbehaved: a duplicate claim, a hook that raised, a bad registration."""
+
+    exit_code = 4
+
+
+class ResolutionError(RopekitError, FileNotFoundError):
+    """A model id, folder or file could not be resolved to a config."""
+
+    exit_code = 4
+
+
+class PolicyError(RopekitError):
+    """The request is well formed but refused by policy."""
+
+    exit_code = 3
+
+
+class CompoundingError(PolicyError):
+    """The model already ships scaling and the request would stack on it silently."""
+
+
+class UnstableFactorError(PolicyError):
+    """The factor lies outside the method's stable band."""
+
+
+class WindowMismatchError(PolicyError):
+    """The declared original window differs from the family's native window."""
+
+
+class UnsupportedMethodError(PolicyError):
+    """The family cannot carry the requested method."""
+
+
+class AttentionBackendError(PolicyError):
+    """Long-context training was requested without a FlashAttention backend."""
+
+
+class TransformersVersionError(PolicyError):
+    """The installed transformers mishandles the requested method."""
+
+
+class VerificationError(PolicyError):
+    """A receipt does not match its config, or a patch did not land."""
+
+
+class ReceiptMismatchError(VerificationError):
+    """A config or receipt differs from what the receipt recorded."""
+
+
+class LandingError(VerificationError):
+    """The model that transformers builds does not carry the scaling the receipt promises."""

@@ -1,0 +1,178 @@
+"""The per-architecture contract: what a family knows about its models' rope settings.
+
+The engine never special-cases an architecture; it asks the family. Subclass
+:class:`Family`, set the class attributes, override what differs, and register
+an instance from a ``register_families`` hook.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from .config_view import ConfigView, RopeSite, positive_float, positive_int
+from .errors import InvalidConfigError, UnsupportedMethodError
+
+if TYPE_CHECKING:
+    from .manager import Registry
+
+#: rope types that are not scaling (mrope only sections the rotary dimension)
+UNSCALED_TYPES = frozenset({"default", "mrope"})
+
+
+@dataclass(frozen=True)
+class ShippedScaling:
+    """Scaling a model already carries, in its own config or in a base model's."""
+
+    rope_type: str
+    factor: float
+    original_max_position_embeddings: int
+    window: int  # the context the shipped scaling declares
+    site: str
+    source: str = "config"  # or the Hub id of the ancestor that carries it
+
+    def describe(self) -> str:
+        where = "" if self.source == "config" else f" (inherited from base model {self.source})"
+        return (f"ships {self.rope_type} x{self.factor:g} from {self.original_max_position_embeddings} "
+                f"-> {self.window}{where}")
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "rope_type": self.rope_type, "factor": self.factor,
+            "original_max_position_embeddings": self.original_max_position_embeddings,
+            "window": self.window, "site": self.site, "source": self.source,
+        }
+
+
+def rope_type_of(rope: dict[str, Any]) -> str:
+    """The effective rope type of a normalized rope dict (legacy ``type`` honoured)."""
+    rope_type = rope.get("rope_type") or rope.get("type") or "default"
+    return "default" if rope_type == "mrope" else str(rope_type)
+
+
+class Family:
+    """An architecture family. Class attributes declare; methods can be overridden."""
+
+    name: ClassVar[str]
+    model_types: ClassVar[tuple[str, ...]]
+    #: sub-configs that hold the language model's settings
+    text_config_keys: ClassVar[tuple[str, ...]] = ("text_config",)
+    #: rope keys a patch must carry over even when it replaces the scaling type
+    preserve_keys: ClassVar[frozenset[str]] = frozenset({
+        "mrope_section", "mrope_interleaved", "truncate", "mscale", "mscale_all_dim",
+        "partial_rotary_factor",
+    })
+    #: methods the family supports (None: every registered method)
+    methods: ClassVar[tuple[str, ...] | None] = None
+    #: for nested per-layer-type rope dicts, the layer types scaling applies to (None: all)
+    scaled_layer_types: ClassVar[tuple[str, ...] | None] = None
+    #: rope_theta that transformers assumes when a config omits it
+    default_rope_theta: ClassVar[float] = 10000.0
+    #: the trained window when it differs from max_position_embeddings (None: read the config)
+    native_window_tokens: ClassVar[int | None] = None
+    description: ClassVar[str] = ""
+
+    plugin: str = ""
+    version: str = ""
+
+    def resolve(self, view: ConfigView, registry: "Registry") -> "Family":
+        """The family whose knowledge applies (a VLM wrapper returns its text model's)."""
+        return self
+
+    # --- where settings live ----------------------------------------------------------
+    def rope_sites(self, view: ConfigView) -> list[RopeSite]:
+        """Every rope dict a patch must touch; the language model's comes last."""
+        sites: list[RopeSite] = []
+        paths = [()] + [(key,) for key in self.text_config_keys if view.node((key,)) is not None]
+        for path in paths:
+            layout = view.layout(path)
+            if layout is None:
+                continue
+            layer_types = view.layer_types(path) if layout == "rope_parameters" else None
+            if layer_types:
+                wanted = self.scaled_layer_types
+                sites += [RopeSite(path, layout, lt) for lt in layer_types if wanted is None or lt in wanted]
+            else:
+                sites.append(RopeSite(path, layout))
+        if not sites:
+            raise InvalidConfigError(
+                f"{view.model_type()!r} config has no rope settings (no rope_theta, rope_scaling, "
+                "rope_parameters or max_position_embeddings at the top level or in "
+                f"{'/'.join(self.text_config_keys)}); pass the model's full config.json"
+            )
+        return sites
+
+    def rope(self, view: ConfigView, site: RopeSite) -> dict[str, Any]:
+        """The site's normalized rope dict with rope_theta and rope_type always present."""
+        rope = view.read_rope(site)
+        if rope.get("rope_theta") is None:
+            rope["rope_theta"] = self.default_rope_theta
+        rope["rope_theta"] = positive_float(rope["rope_theta"], f"{site.label}.rope_theta")
+        rope["rope_type"] = rope_type_of(rope)
+        return rope
+
+    def max_position_embeddings(self, view: ConfigView, site: RopeSite) -> int:
+        value = view.get(site.path, "max_position_embeddings")
+        where = ".".join([*site.path, "max_position_embeddings"])
+        if value is None:
+            raise InvalidConfigError(f"{where} is missing; expected the model's context length in tokens")
+        return positive_int(value, where)
+
+    # --- what the model was trained with ----------------------------------------------
+    def native_window(self, view: ConfigView, site: RopeSite) -> int:
+        """The window the base model was trained at, before any scaling."""
+        if self.native_window_tokens:
+            return self.native_window_tokens
+        rope = self.rope(view, site)
+        original = rope.get("original_max_position_embeddings")
+        if rope["rope_type"] not in UNSCALED_TYPES and original is not None:
+            return positive_int(original, f"{site.label}.original_max_position_embeddings")
+        return self.max_position_embeddings(view, site)
+
+    def shipped_scaling(self, view: ConfigView, site: RopeSite) -> ShippedScaling | None:
+        """Scaling the config already carries, or None."""
+        rope = self.rope(view, site)
+        rope_type = rope["rope_type"]
+        if rope_type in UNSCALED_TYPES:
+            return None
+        window = self.max_position_embeddings(view, site)
+        original = rope.get("original_max_position_embeddings")
+        original = positive_int(original, f"{site.label}.original_max_position_embeddings") \
+            if original is not None else self.native_window(view, site)
+        factor = rope.get("factor")
+        factor = positive_float(factor, f"{site.label}.factor") if factor is not None else window / original
+        if rope_type == "dynamic":  # dynamic's threshold is max_position_embeddings itself
+            window = int(round(factor * window))
+        return ShippedScaling(rope_type, factor, original, window, site.label)
+
+    def rotary_dim(self, view: ConfigView, site: RopeSite) -> int:
+        """Dimensions rotated per head: head_dim x partial_rotary_factor."""
+        head_dim = view.get(site.path, "head_dim")
+        if head_dim is None:
+            hidden = view.get(site.path, "hidden_size")
+            heads = view.get(site.path, "num_attention_heads")
+            where = ".".join([*site.path, "hidden_size"]) or "hidden_size"
+            hidden = positive_int(hidden, where)
+            heads = positive_int(heads, where.replace("hidden_size", "num_attention_heads"))
+            head_dim = hidden // heads
+        head_dim = positive_int(head_dim, ".".join([*site.path, "head_dim"]))
+        rope = view.read_rope(site)
+        partial = rope.get("partial_rotary_factor", view.get(site.path, "partial_rotary_factor"))
+        partial = 1.0 if partial is None else positive_float(partial, "partial_rotary_factor")
+        return int(head_dim * partial)
+
+    # --- what a patch may do ----------------------------------------------------------
+    def check_method(self, method: str) -> None:
+        """Raise :class:`UnsupportedMethodError` when the family cannot carry ``method``."""
+        if self.methods is not None and method not in self.methods:
+            raise UnsupportedMethodError(
+                f"family '{self.name}' does not support method {method!r}; "
+                f"choose one of {', '.join(self.methods) or 'none'}"
+            )
+
+    def extra_changes(self, view: ConfigView, site: RopeSite, method: str) -> dict[str, Any]:
+        """Container-level values a patch must also set at ``site`` (e.g. a missing head_dim)."""
+        return {}
+
+    def __repr__(self) -> str:
+        return f"<Family {self.name} ({', '.join(self.model_types)})>"

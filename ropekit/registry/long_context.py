@@ -1,0 +1,92 @@
+"""``LongContextConfig``: what the user asks for, validated before anything is touched."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
+
+from .errors import InvalidRequestError
+
+OnExisting = Literal["refuse", "compound", "replace"]
+
+
+class LongContextConfig(BaseModel):
+    """A RoPE scaling request.
+
+    Give ``factor`` (4.0 means four times the original window) or
+    ``target_context`` (tokens). ``original_max_position_embeddings`` defaults to
+    the family's native window. ``attn_factor`` multiplies YaRN's temperature
+    ``0.1 ln s + 1`` as in the YaRN reference code. ``on_existing`` decides what
+    happens when the model already ships scaling.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    method: str = "auto"
+    factor: float | None = None
+    target_context: int | None = None
+    original_max_position_embeddings: int | None = None
+    beta_fast: float = 32.0
+    beta_slow: float = 1.0
+    attn_factor: float = 1.0
+    on_existing: OnExisting = "refuse"
+    allow_unstable: bool = False
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise InvalidRequestError(_one_line(exc)) from None
+
+    @field_validator("method", mode="before")
+    @classmethod
+    def _method(cls, value: Any) -> str:
+        if not isinstance(value, str) or not value.strip():
+            raise ValueError("expected a method name such as yarn, linear, ntk, dynamic or auto")
+        return value.strip().lower()
+
+    @field_validator("factor")
+    @classmethod
+    def _factor(cls, value: float | None) -> float | None:
+        if value is not None and (not math.isfinite(value) or value <= 1):
+            raise ValueError("expected a finite number above 1 (4 means four times the original window)")
+        return value
+
+    @field_validator("target_context", "original_max_position_embeddings")
+    @classmethod
+    def _tokens(cls, value: int | None) -> int | None:
+        if value is not None and value <= 0:
+            raise ValueError("expected a positive number of tokens")
+        return value
+
+    @field_validator("beta_fast", "beta_slow", "attn_factor")
+    @classmethod
+    def _positive(cls, value: float) -> float:
+        if not math.isfinite(value) or value <= 0:
+            raise ValueError("expected a positive finite number")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "LongContextConfig":
+        if (self.factor is None) == (self.target_context is None):
+            raise ValueError("give exactly one of factor or target_context")
+        if self.beta_fast <= self.beta_slow:
+            raise ValueError(
+                f"beta_fast ({self.beta_fast:g}) must exceed beta_slow ({self.beta_slow:g}); "
+                "YaRN's defaults are 32 and 1"
+            )
+        return self
+
+
+def _one_line(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    loc = ".".join(str(part) for part in err.get("loc", ())) or "request"
+    msg = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
+    if err.get("type") == "extra_forbidden":
+        fields = ", ".join(LongContextConfig.model_fields)
+        return f"unknown option {loc!r}; LongContextConfig takes {fields}"
+    if loc == "request" or err.get("type") == "value_error" and not err.get("loc"):
+        return f"invalid request: {msg}"
+    return f"invalid {loc} {err.get('input')!r}: {msg}"

@@ -1,0 +1,207 @@
+"""The audit receipt: RFC 8785 canonical JSON, a sha256 manifest, and verification.
+
+A receipt records what was asked, what the config held before and after each
+change, the policy applied and the versions involved. ``manifest_sha256`` is
+the sha256 of the RFC 8785 canonical JSON of every other field, so any edit to
+the receipt is detected; the recorded changes and the config's hash catch any
+edit to the patched config.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import rfc8785
+
+from .config_view import ConfigView, is_missing
+from .errors import InvalidConfigError, ReceiptMismatchError
+
+SCHEMA = "ropekit.receipt/1"
+
+
+def canonical_json(data: Any) -> bytes:
+    """RFC 8785 (JCS) canonical bytes of a JSON-compatible value."""
+    try:
+        return rfc8785.dumps(data)
+    except (rfc8785.CanonicalizationError, TypeError, ValueError) as exc:
+        raise InvalidConfigError(f"value cannot be written as canonical JSON ({exc}); remove NaN, "
+                                 "Infinity or non-JSON values from the config") from None
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def config_sha256(config: Any) -> str:
+    """sha256 of a config's canonical JSON (a dict, or a transformers config object)."""
+    view = config if isinstance(config, ConfigView) else ConfigView(config)
+    return sha256_hex(canonical_json(_json_safe(view.json_dict())))
+
+
+def _json_safe(value: Any) -> Any:
+    """Round-trip through json so tuples, numpy scalars and the like become plain JSON."""
+    try:
+        return json.loads(json.dumps(value, allow_nan=False, default=str))
+    except ValueError as exc:
+        raise InvalidConfigError(f"config holds a value JSON cannot carry ({exc}); "
+                                 "replace NaN or Infinity with a number") from None
+
+
+class Receipt:
+    """A receipt; behaves as a read-only mapping over its JSON fields."""
+
+    def __init__(self, data: dict[str, Any]) -> None:
+        body = {k: copy.deepcopy(v) for k, v in data.items() if k not in _SEALS}
+        body["fields_sha256"] = field_hashes(body)
+        body["manifest_sha256"] = sha256_hex(canonical_json(body))
+        self._data = body
+
+    def __getitem__(self, key: str) -> Any:
+        return self._data[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self._data.get(key, default)
+
+    def to_dict(self) -> dict[str, Any]:
+        return copy.deepcopy(self._data)
+
+    @property
+    def long_context(self) -> dict[str, Any]:
+        return dict(self._data["long_context"])
+
+    @property
+    def attention_scaling(self) -> float:
+        return float(self._data["attention_scaling"])
+
+    @property
+    def manifest_sha256(self) -> str:
+        return str(self._data["manifest_sha256"])
+
+    def compute_manifest(self) -> str:
+        return sha256_hex(canonical_json({k: v for k, v in self._data.items() if k != "manifest_sha256"}))
+
+    def tampered_field(self) -> str | None:
+        """The first field whose content no longer matches its recorded hash, if any."""
+        recorded = self._data.get("fields_sha256")
+        recorded = recorded if isinstance(recorded, dict) else {}
+        current = field_hashes({k: v for k, v in self._data.items() if k not in _SEALS})
+        for key in sorted(set(recorded) | set(current)):
+            if recorded.get(key) != current.get(key):
+                return key
+        if self.compute_manifest() != self._data.get("manifest_sha256"):
+            return "fields_sha256" if recorded else "manifest_sha256"
+        return None
+
+    def with_fields(self, **fields: Any) -> "Receipt":
+        """A new receipt with fields replaced and the seals recomputed."""
+        data = {k: v for k, v in self._data.items() if k not in _SEALS}
+        data.update(copy.deepcopy(fields))
+        return Receipt(data)
+
+    def to_json(self) -> str:
+        """Stable, human-readable JSON (sorted keys, two-space indent, trailing newline)."""
+        return json.dumps(self._data, indent=2, sort_keys=True, allow_nan=False) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> "Receipt":
+        try:
+            data = json.loads(text)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise InvalidConfigError(f"receipt is not valid JSON ({exc}); restore it from the patch output") from None
+        if not isinstance(data, dict) or data.get("schema") != SCHEMA or "manifest_sha256" not in data:
+            raise InvalidConfigError(f"file is not a ropekit receipt (expected schema {SCHEMA!r})")
+        return _as_loaded(data)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Receipt":
+        try:
+            return cls.from_json(Path(path).read_bytes())
+        except (FileNotFoundError, IsADirectoryError):
+            raise InvalidConfigError(f"no receipt at {path}; patch the model with ropekit first") from None
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Receipt) and other._data == self._data
+
+    def __repr__(self) -> str:
+        lc = self._data.get("long_context", {})
+        return f"<Receipt {lc.get('method')} x{lc.get('factor')} manifest={self.manifest_sha256[:12]}>"
+
+
+_SEALS = ("fields_sha256", "manifest_sha256")
+
+
+def field_hashes(body: dict[str, Any]) -> dict[str, str]:
+    """sha256 of each field (one level into objects, each list item), so an edit can be named."""
+    out: dict[str, str] = {}
+    for key, value in body.items():
+        if isinstance(value, dict) and value:
+            items = {f"{key}.{sub}": v for sub, v in value.items()}
+        elif isinstance(value, list) and value:
+            items = {f"{key}[{i}]": v for i, v in enumerate(value)}
+        else:
+            items = {key: value}
+        out.update({name: sha256_hex(canonical_json(v)) for name, v in items.items()})
+    return out
+
+
+def _as_loaded(data: dict[str, Any]) -> Receipt:
+    """A receipt exactly as stored, seals included, so verification can check them."""
+    receipt = Receipt.__new__(Receipt)
+    receipt._data = copy.deepcopy(data)
+    return receipt
+
+
+def verify_receipt(receipt: Receipt | dict[str, Any], config: Any) -> Receipt:
+    """Check a receipt against a config; return it, or raise naming the first difference.
+
+    Raises :class:`ReceiptMismatchError` when a receipt field was edited, when a
+    recorded value differs in the config, or when the config differs anywhere
+    else from what was written.
+    """
+    if isinstance(receipt, dict):
+        receipt = _as_loaded(receipt)
+    field = receipt.tampered_field()
+    if field is not None:
+        raise ReceiptMismatchError(
+            f"receipt field {field!r} was edited after the receipt was written; "
+            "re-run the patch to regenerate it"
+        )
+    view = config if isinstance(config, ConfigView) else ConfigView(config)
+    for change in receipt["changes"]:
+        value = view.lookup_path(change["path"])
+        dotted = ".".join(change["path"])
+        if change.get("removed"):
+            if not is_missing(value):
+                raise ReceiptMismatchError(f"{dotted} should be absent but is {value!r}")
+            continue
+        if is_missing(value) or not _same(value, change["after"]):
+            found = "absent" if is_missing(value) else repr(value)
+            raise ReceiptMismatchError(f"{dotted} is {found}, receipt says {change['after']!r}")
+    expected = receipt["model"]["config_sha256_after"]
+    found_sha = config_sha256(view)
+    if expected != found_sha:
+        recorded = receipt.get("config_fields_sha256") or {}
+        current = field_hashes(_json_safe(view.json_dict()))
+        key = next((k for k in sorted(set(recorded) | set(current)) if recorded.get(k) != current.get(k)), None)
+        raise ReceiptMismatchError(
+            f"config field {key or '(unknown)'!r} differs from the patched config the receipt recorded; "
+            "re-run the patch or revert"
+        )
+    return receipt
+
+
+def config_field_hashes(config: Any) -> dict[str, str]:
+    """Per-field hashes of a config, recorded so that verify can name an edited field."""
+    view = config if isinstance(config, ConfigView) else ConfigView(config)
+    return field_hashes(_json_safe(view.json_dict()))
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
+        return math.isclose(float(a), float(b), rel_tol=1e-12, abs_tol=0.0)
+    return bool(a == b)
