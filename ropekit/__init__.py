@@ -6,7 +6,7 @@ or the landing check needs them.
 
 from __future__ import annotations
 
-from ropekit.api import apply_rope_scaling, plan, resolve
+from ropekit.api import apply_rope_scaling, load_model, plan, resolve, verify_landing
 from ropekit.registry.errors import RopekitError
 from ropekit.registry.hookspecs import hookimpl
 from ropekit.registry.long_context import LongContextConfig
@@ -18,7 +18,9 @@ __all__ = [
     "RopekitError",
     "apply_rope_scaling",
     "hookimpl",
+    "load_model",
     "plan",
     "resolve",
+    "verify_landing",
     "verify_receipt",
 ]

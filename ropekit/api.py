@@ -12,28 +12,77 @@ from ropekit.registry.long_context import LongContextConfig
 from ropekit.registry.receipt import Receipt
 
 
+def resolve(ref: str | Path, revision: str | None = None) -> ResolvedConfig:
+    """Resolve a local folder, config.json, or Hub id to a config read as data."""
+    return hub.resolve(ref, revision=revision)
+
+
 def plan(target: Any, request: LongContextConfig, *, family: str | None = None,
          revision: str | None = None) -> Plan:
     """What a patch would change, without changing anything.
 
-    :param target: a config.json dict, a transformers config object, or a local
-        path / Hub id (resolved with :func:`resolve`, lineage included).
+    :param target: a config.json dict, a transformers config object, a live model,
+        or a local path / Hub id (resolved with :func:`resolve`, lineage included).
     """
     if isinstance(target, (str, Path)):
         resolved = resolve(target, revision=revision)
         return plan_config(resolved.config, request, family=family, inherited=resolved.inherited)
-    return plan_config(target, request, family=family)
+    from ropekit.registry.live import is_live_model
+
+    return plan_config(target.config if is_live_model(target) else target, request, family=family)
 
 
 def apply_rope_scaling(target: Any, request: LongContextConfig, *, family: str | None = None) -> Receipt:
-    """Apply RoPE scaling to a config dict or transformers config object, in place.
+    """Apply RoPE scaling in place to a config dict, a transformers config, or a live model.
 
-    Returns the receipt. On any refusal or error the target is left exactly as it was.
+    For a live model the language tower's rotary modules are rebuilt from the patched
+    config (patching the config alone changes nothing), modules that depend on rope
+    settings are refreshed, and the landing is verified and recorded in the receipt.
+    On any refusal or error the target is left exactly as it was.
     """
+    from ropekit.registry.live import is_live_model, patch_model
+
+    if is_live_model(target):
+        _, receipt = patch_model(target, request, family=family)
+        return receipt
     _, receipt = apply_config(target, request, family=family)
     return receipt
 
 
-def resolve(ref: str | Path, revision: str | None = None) -> ResolvedConfig:
-    """Resolve a local folder, config.json, or Hub id to a config read as data."""
-    return hub.resolve(ref, revision=revision)
+def load_model(ref: str | Path, request: LongContextConfig, *, revision: str | None = None,
+               family: str | None = None, model_class: Any = None,
+               **from_pretrained_kwargs: Any) -> tuple[Any, Receipt]:
+    """Load a model with RoPE scaling applied the way that always lands.
+
+    The config is loaded as data, patched, and passed to ``from_pretrained(config=...)``,
+    so the rotary modules are built from the patched settings; the landing is then
+    verified against the closed form and recorded in the returned receipt.
+    Remote code is never run.
+    """
+    from transformers import AutoConfig
+
+    from ropekit.registry.landing import _model_class_for, check_model
+
+    resolved = resolve(ref, revision=revision)
+    location = str(resolved.path.parent) if resolved.path else str(ref)
+    config = AutoConfig.for_model(**{k: v for k, v in resolved.config.items() if k != "auto_map"})
+    _, receipt = apply_config(config, request, family=family, inherited=resolved.inherited,
+                              model=resolved.receipt_model())
+    cls = model_class or _model_class_for(config)
+    kwargs = {"revision": resolved.revision, **from_pretrained_kwargs} if resolved.source != "local" \
+        else from_pretrained_kwargs
+    model = cls.from_pretrained(location if resolved.source == "local" else resolved.model_id,
+                                config=config, trust_remote_code=False, **kwargs)
+    report = check_model(model, receipt=receipt).raise_if_not_landed()
+    return model, receipt.with_fields(landing=report.to_json())
+
+
+def verify_landing(target: Any, *, receipt: Receipt | None = None) -> Any:
+    """Check that what transformers builds carries the configured scaling.
+
+    :param target: a live model, or a folder / config.json (built without weights).
+    :returns: a LandingReport (``.landed``, ``.to_json()``, ``.raise_if_not_landed()``).
+    """
+    from ropekit.registry.landing import verify_landing as _verify
+
+    return _verify(target, receipt=receipt)

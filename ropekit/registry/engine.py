@@ -12,13 +12,14 @@ import copy
 import importlib.metadata
 import platform
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from .config_view import Change, ConfigView, RopeSite, _MISSING
 from .errors import (
     CompoundingError, InvalidRequestError, UnstableFactorError, WindowMismatchError,
 )
 from .family import UNSCALED_TYPES, Family, ShippedScaling
+from .landing import check_transformers_support
 from .long_context import LongContextConfig
 from .manager import Registry, get_registry
 from .methods import SCALING_KEYS, MethodRequest, ScalingMethod, closed_form, new_window
@@ -226,6 +227,8 @@ def plan_config(target: Any, request: LongContextConfig, *, registry: Registry |
                 if before != value:
                     changes.append(Change(site.path, (key,), before, value))
 
+    if not view.is_dict:  # the installed transformers will read this object
+        check_transformers_support(final_ropes[primary.label], int(max_positions))
     return Plan(
         family=fam, method=method, method_reason=reason, request=request, sites=sites,
         changes=changes, native_window=native, original_window=original, factor=total,
@@ -237,10 +240,13 @@ def plan_config(target: Any, request: LongContextConfig, *, registry: Registry |
 
 def apply_config(target: Any, request: LongContextConfig, *, registry: Registry | None = None,
                  family: str | None = None, inherited: ShippedScaling | None = None,
-                 model: dict[str, Any] | None = None) -> tuple[Plan, Receipt]:
+                 model: dict[str, Any] | None = None,
+                 then: Callable[[Plan], dict[str, Any]] | None = None) -> tuple[Plan, Receipt]:
     """Patch a config dict or object in place and return the plan and its receipt.
 
-    Nothing is changed unless every step succeeds.
+    ``then`` runs after the config is written (e.g. rebuilding a live model's
+    rotary modules) and returns extra receipt fields. Nothing is changed unless
+    every step succeeds: on any error the config is restored.
     """
     view = ConfigView(target)
     before = config_sha256(view)
@@ -249,14 +255,16 @@ def apply_config(target: Any, request: LongContextConfig, *, registry: Registry 
     try:
         view.apply(plan.changes)
         after = config_sha256(view)
-        receipt = build_receipt(plan, view, before, after, model or {})
+        extra = then(plan) if then else {}
+        receipt = build_receipt(plan, view, before, after, model or {}, **extra)
     except BaseException:
         _restore(view, snapshot)
         raise
     return plan, receipt
 
 
-def build_receipt(plan: Plan, view: ConfigView, before: str, after: str, model: dict[str, Any]) -> Receipt:
+def build_receipt(plan: Plan, view: ConfigView, before: str, after: str, model: dict[str, Any],
+                  landing: dict[str, Any] | None = None) -> Receipt:
     return Receipt({
         "schema": SCHEMA,
         "model": {
@@ -276,7 +284,7 @@ def build_receipt(plan: Plan, view: ConfigView, before: str, after: str, model: 
         "changes": [c.to_json() for c in plan.changes],
         "config_fields_sha256": config_field_hashes(view),
         "versions": versions(),
-        "landing": None,
+        "landing": landing,
         "warnings": list(plan.warnings),
     })
 

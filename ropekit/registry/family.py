@@ -174,5 +174,14 @@ class Family:
         """Container-level values a patch must also set at ``site`` (e.g. a missing head_dim)."""
         return {}
 
+    def refresh_live_modules(self, model: Any) -> list[str]:
+        """Update a live model's modules, other than rotary ones, that depend on rope settings.
+
+        Called after the rotary modules are rebuilt from the patched config (and again
+        after a failed patch is rolled back). DeepSeek, for one, folds YaRN's mscale
+        into the attention softmax scale. Returns the names of the modules updated.
+        """
+        return []
+
     def __repr__(self) -> str:
         return f"<Family {self.name} ({', '.join(self.model_types)})>"
