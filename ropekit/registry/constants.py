@@ -28,5 +28,6 @@ def load_entry_points() -> bool:
 
 
 def hf_hub_offline() -> bool:
-    """True when ``HF_HUB_OFFLINE`` asks huggingface_hub to stay off the network."""
-    return os.environ.get("HF_HUB_OFFLINE", "").lower() in _TRUE
+    """True when ``HF_HUB_OFFLINE`` (or ``TRANSFORMERS_OFFLINE``) asks to stay off the network."""
+    value = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
+    return value.lower() in _TRUE

@@ -168,7 +168,7 @@ def plan_config(target: Any, request: LongContextConfig, *, registry: Registry |
         if request.on_existing == "refuse":
             compounded = existing.factor * requested
             raise CompoundingError(
-                f"model {existing.describe()} ({existing.site}); asking x{requested:g} more means "
+                f"model {existing.describe()} at {existing.site}; asking x{requested:g} more means "
                 f"x{compounded:g} in total; pass on_existing='compound' (--on-existing compound) for "
                 f"{method.name} x{compounded:g} from {existing.original_max_position_embeddings}, or "
                 f"'replace' to drop {existing.rope_type} and apply {method.name} x{requested:g}"

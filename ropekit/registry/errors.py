@@ -49,6 +49,10 @@ class ResolutionError(RopekitError, FileNotFoundError):
     exit_code = 4
 
 
+class HubUnavailableError(ResolutionError):
+    """No Hub or cache copy could be had, but nothing says the id or revision is wrong."""
+
+
 class PolicyError(RopekitError):
     """The request is well formed but refused by policy."""
 

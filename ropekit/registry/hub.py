@@ -1,18 +1,39 @@
 """Resolve a model reference to its config.json, read as data (never remote code).
 
 Resolution order: a local folder or file; the Hugging Face cache and Hub through
-huggingface_hub; the bundled catalog of well-known configs.
+huggingface_hub (only ``config.json`` and the model card ``README.md`` are
+fetched); the bundled catalog of well-known configs. A config that declares
+``auto_map`` is still only parsed as JSON: no repository code is imported.
+
+The environment is read at call time, not when huggingface_hub was imported:
+``HF_HUB_OFFLINE``, ``HF_HUB_CACHE`` (else ``HUGGINGFACE_HUB_CACHE``,
+``HF_HOME``/hub, ``XDG_CACHE_HOME``/huggingface/hub) and ``HF_ENDPOINT`` are
+passed to huggingface_hub explicitly; ``HF_TOKEN`` is read by huggingface_hub
+itself on each call. huggingface_hub is imported only when a Hub id is resolved.
 """
 
 from __future__ import annotations
 
+import functools
 import json
+import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import InvalidConfigError, ResolutionError
+from . import catalog, constants
+from .errors import HubUnavailableError, InvalidConfigError, ResolutionError, RopekitError
 from .family import ShippedScaling
+from .lineage import Ancestor, card_base_models, follow, local_card_base_models
+
+CONFIG = "config.json"
+README = "README.md"
+MAX_REPO_ID = 96
+_REPO_PART = re.compile(r"^[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?$")
+_REVISION = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_./-]*$")
+_COMMIT = re.compile(r"^[0-9a-f]{40}$")
+_ID_FORM = "org/name (letters, digits, '-', '_', '.'; no '..' or '--'; at most 96 characters)"
 
 
 @dataclass
@@ -23,16 +44,23 @@ class ResolvedConfig:
     model_id: str | None = None
     revision: str | None = None  # the resolved commit for Hub sources
     source: str = "local"  # local | hub | cache | catalog
-    path: Path | None = None  # the config.json file, for local sources
+    path: Path | None = None  # the config.json file (local folder or HF cache snapshot)
     captured: str | None = None  # catalog capture date
     inherited: ShippedScaling | None = None  # scaling shipped by a base model (lineage)
     notes: list[str] = field(default_factory=list)
+    requested_revision: str | None = None  # the branch, tag or commit asked for
+    provenance: str | None = None  # where a catalog copy was taken from
+    lineage: list[str] = field(default_factory=list)  # base models read, nearest first
 
     def receipt_model(self) -> dict[str, Any]:
         """The receipt's ``model`` fields for this source."""
         out: dict[str, Any] = {"id": self.model_id, "revision": self.revision, "source": self.source}
+        if self.requested_revision and self.requested_revision != self.revision:
+            out["ref"] = self.requested_revision
         if self.captured:
             out["captured"] = self.captured
+        if self.provenance:
+            out["provenance"] = self.provenance
         return out
 
 
@@ -56,14 +84,230 @@ def read_config_file(path: Path) -> dict[str, Any]:
     return config
 
 
-def resolve(ref: str | Path, revision: str | None = None) -> ResolvedConfig:
-    """Resolve a local folder, a config.json file, or a Hub id to its config."""
-    path = Path(ref)
+# --- validation -------------------------------------------------------------------------
+def is_repo_id(ref: str) -> bool:
+    """True for a well-formed Hub model id (``org/name`` or a legacy bare ``name``)."""
+    parts = ref.split("/")
+    return (len(parts) <= 2 and len(ref) <= MAX_REPO_ID and ".." not in ref and "--" not in ref
+            and all(_REPO_PART.match(part) for part in parts))
+
+
+def validate_repo_id(ref: str) -> str:
+    """``ref`` if it is a well-formed Hub model id, else a :class:`ResolutionError`."""
+    if not is_repo_id(ref):
+        raise ResolutionError(f"{ref!r} is neither an existing folder or file nor a Hub id of the form "
+                              f"{_ID_FORM}; check the path or the id")
+    return ref
+
+
+def validate_revision(revision: Any) -> str:
+    """``revision`` if it is a well-formed branch, tag or commit, else a :class:`ResolutionError`."""
+    if (not isinstance(revision, str) or not _REVISION.match(revision) or ".." in revision
+            or "//" in revision or revision.endswith("/") or len(revision) > 255):
+        raise ResolutionError(f"revision {revision!r} is not a branch, tag or commit sha (letters, digits, "
+                              "'.', '_', '-', '/'; no '..'); pass e.g. main, v1.0 or a 40-character commit")
+    return revision
+
+
+# --- environment, read at call time -----------------------------------------------------
+def hub_cache_dir() -> Path:
+    """The Hugging Face hub cache folder, resolved the way huggingface_hub resolves it."""
+    env = os.environ
+    explicit = env.get("HF_HUB_CACHE") or env.get("HUGGINGFACE_HUB_CACHE")
+    if explicit:
+        return Path(os.path.expandvars(os.path.expanduser(explicit)))
+    home = env.get("HF_HOME") or os.path.join(env.get("XDG_CACHE_HOME") or os.path.join("~", ".cache"),
+                                              "huggingface")
+    return Path(os.path.expandvars(os.path.expanduser(home))) / "hub"
+
+
+def _endpoint() -> str | None:
+    return os.environ.get("HF_ENDPOINT") or None
+
+
+# --- fetching through huggingface_hub ---------------------------------------------------
+def fetch_file(repo_id: str, filename: str, revision: str | None = None) -> Path:
+    """One file of a Hub model repo, from the HF cache or the Hub, as a snapshot path.
+
+    Raises :class:`HubUnavailableError` when no copy can be had (offline, unreachable,
+    gated, missing or private) and :class:`ResolutionError` when the Hub says the
+    revision or file does not exist.
+    """
+    from huggingface_hub import constants as hf_constants
+    from huggingface_hub import errors as hf_errors
+    from huggingface_hub import hf_hub_download
+
+    offline = constants.hf_hub_offline()
+    cache = hub_cache_dir()
+    at = f" at revision {revision!r}" if revision else ""
+    try:
+        return Path(hf_hub_download(repo_id, filename, revision=revision, cache_dir=cache,
+                                    local_files_only=offline, endpoint=_endpoint()))
+    except hf_errors.GatedRepoError:
+        raise HubUnavailableError(
+            f"Hub repo {repo_id!r} is gated; accept its terms at {_endpoint() or 'https://huggingface.co'}/"
+            f"{repo_id} and set HF_TOKEN to a token of an account with access") from None
+    except hf_errors.RepositoryNotFoundError:
+        raise HubUnavailableError(
+            f"Hub repo {repo_id!r} does not exist or is private; check the id, or set HF_TOKEN to a "
+            "token with access") from None
+    except hf_errors.RevisionNotFoundError:
+        raise ResolutionError(
+            f"revision {revision!r} does not exist in Hub repo {repo_id!r}; pass an existing branch, "
+            "tag or commit sha, or drop the revision") from None
+    except (hf_errors.LocalEntryNotFoundError, hf_errors.OfflineModeIsEnabled):
+        # huggingface_hub reads HF_HUB_OFFLINE once, at import: it may still be offline
+        frozen = bool(getattr(hf_constants, "HF_HUB_OFFLINE", False))
+        raise HubUnavailableError(_cache_miss(cache, repo_id, filename, revision, offline or frozen)) from None
+    except hf_errors.EntryNotFoundError:
+        fix = ("it is not a transformers model repo; pass a model repo or a local folder"
+               if filename == CONFIG else "nothing to read there")
+        raise ResolutionError(f"Hub repo {repo_id!r} has no {filename}{at}; {fix}") from None
+    except hf_errors.HFValidationError as exc:
+        raise ResolutionError(f"huggingface_hub rejects repo {repo_id!r}{at} "
+                              f"({str(exc).splitlines()[0]}); check the id and revision") from None
+    except hf_errors.HfHubHTTPError as exc:
+        status = getattr(getattr(exc, "response", None), "status_code", None)
+        raise HubUnavailableError(f"the Hub answered HTTP {status} for {repo_id!r}{at}; retry later, or "
+                                  "pass a local folder") from None
+    except OSError as exc:  # the cache folder cannot be written, or a transport error escaped
+        raise ResolutionError(f"fetching {filename} of {repo_id!r}{at} failed ({type(exc).__name__}: "
+                              f"{str(exc).splitlines()[0] if str(exc) else ''}); check the network and "
+                              f"the cache folder {cache} (HF_HUB_CACHE)") from None
+
+
+def _cache_miss(cache: Path, repo_id: str, filename: str, revision: str | None, offline: bool) -> str:
+    """One sentence: what the cache lacks, why it was not downloaded, and the fix."""
+    folder = cache / "--".join(["models", *repo_id.split("/")])
+    if not folder.is_dir():
+        missing = f"{repo_id!r} is not in the Hugging Face cache at {cache}"
+    elif revision and not ((folder / "refs" / revision).is_file() or (folder / "snapshots" / revision).is_dir()):
+        missing = f"revision {revision!r} of {repo_id!r} is not in the Hugging Face cache at {cache}"
+    else:
+        at = f" at revision {revision!r}" if revision else ""
+        missing = f"{filename} of {repo_id!r}{at} is not in the Hugging Face cache at {cache}"
+    if offline:
+        return (f"{missing} and HF_HUB_OFFLINE is set; download it once online (unset HF_HUB_OFFLINE) "
+                "or pass a local folder")
+    return f"{missing} and the Hub could not be reached; check the network or HF_ENDPOINT, or pass a local folder"
+
+
+def _commit_of(snapshot_file: Path) -> str | None:
+    """The commit sha in a cache path ``.../snapshots/<commit>/<file>``."""
+    commit = snapshot_file.parent
+    return commit.name if _COMMIT.match(commit.name) and commit.parent.name == "snapshots" else None
+
+
+# --- resolution ---------------------------------------------------------------------------
+def resolve_hub_id(repo_id: str, revision: str | None = None) -> ResolvedConfig:
+    """A Hub id's config from the HF cache or Hub, else from the bundled catalog (no lineage)."""
+    try:
+        file = fetch_file(repo_id, CONFIG, revision)
+    except HubUnavailableError as exc:
+        entry = catalog.lookup(repo_id)
+        if entry is None:
+            raise
+        if revision is not None:
+            raise ResolutionError(f"{exc} (the bundled catalog holds {entry.model_id} unpinned: drop "
+                                  "the revision to use it)") from None
+        return _from_catalog(entry, f"no Hub or cache copy ({exc}); answered from the bundled catalog")
+    source = "cache" if constants.hf_hub_offline() else "hub"
+    return ResolvedConfig(read_config_file(file), model_id=repo_id, revision=_commit_of(file), source=source,
+                          path=file, requested_revision=revision)
+
+
+def _from_catalog(entry: catalog.CatalogEntry, why: str) -> ResolvedConfig:
+    notes = [why, f"bundled catalog copy captured {entry.captured} from {entry.provenance_text}"]
+    if entry.caveat:
+        notes.append(f"catalog caveat: {entry.caveat}")
+    return ResolvedConfig(entry.read_config(), model_id=entry.model_id, revision=entry.hub_revision,
+                          source="catalog", captured=entry.captured, provenance=entry.provenance_text,
+                          notes=notes)
+
+
+def _resolve_local(path: Path) -> tuple[ResolvedConfig, Path]:
     if path.is_dir():
-        file = path / "config.json"
+        file = path / CONFIG
         if not file.is_file():
             raise ResolutionError(f"{path} has no config.json; point at a Hugging Face model folder")
-        return ResolvedConfig(read_config_file(file), model_id=str(path), path=file)
-    if path.is_file():
-        return ResolvedConfig(read_config_file(path), model_id=str(path.parent), path=path)
-    raise ResolutionError(f"no folder or file at {ref!r}; check the path")
+        return ResolvedConfig(read_config_file(file), model_id=str(path), path=file), path
+    return ResolvedConfig(read_config_file(path), model_id=str(path.parent), path=path), path.parent
+
+
+def _card_bases(model_id: str, source: str, revision: str | None, notes: list[str]) -> list[str] | None:
+    """``base_model`` of a Hub-resolved model's card at the resolved commit (None: unreadable)."""
+    if source == "catalog":
+        notes.append(f"{model_id}: the bundled catalog holds no model card; lineage not followed")
+        return None
+    try:
+        return card_base_models(fetch_file(model_id, README, revision))
+    except RopekitError as exc:
+        notes.append(f"{model_id}: model card not read, lineage not followed ({exc})")
+        return None
+
+
+def _local_card_bases(folder: Path, notes: list[str]) -> list[str] | None:
+    try:
+        return local_card_base_models(folder)
+    except RopekitError as exc:
+        notes.append(f"model card not read, lineage not followed ({exc})")
+        return None
+
+
+def _read_ancestor(base: str) -> Ancestor:
+    if not is_repo_id(base):
+        raise ResolutionError(f"{base!r} is not a Hub id of the form {_ID_FORM}; only Hub ids are "
+                              "followed, never local paths")
+    resolved = resolve_hub_id(base)
+    notes: list[str] = []
+    if resolved.source == "catalog":
+        notes.append(f"base model {resolved.model_id} read from the bundled catalog "
+                     f"(captured {resolved.captured})")
+    return Ancestor(str(resolved.model_id), resolved.config, resolved.source, resolved.revision, notes)
+
+
+def _ancestor_bases(ancestor: Ancestor, notes: list[str]) -> list[str] | None:
+    return _card_bases(ancestor.model_id, ancestor.source, ancestor.revision, notes)
+
+
+def _note_remote_code(resolved: ResolvedConfig) -> None:
+    auto_map = resolved.config.get("auto_map")
+    if auto_map:
+        names = ", ".join(sorted(auto_map)) if isinstance(auto_map, dict) else str(auto_map)
+        resolved.notes.append(f"config declares auto_map ({names}); read as data, no repository code was run")
+
+
+def resolve(ref: str | Path, revision: str | None = None, *, lineage: bool = True) -> ResolvedConfig:
+    """Resolve a local folder, a config.json file, or a Hub id to its config.
+
+    :param revision: a branch, tag or commit sha (Hub ids only); the resolved
+        commit is recorded in ``ResolvedConfig.revision``.
+    :param lineage: follow ``base_model`` in model cards (up to three hops) and set
+        ``inherited`` when an ancestor ships scaling or was trained longer.
+    """
+    if revision is not None:
+        validate_revision(revision)
+    path = Path(ref).expanduser()
+    try:
+        exists = path.exists()
+    except (OSError, ValueError):
+        exists = False
+    if exists:
+        if revision is not None:
+            raise ResolutionError(f"revision {revision!r} applies to Hub ids but {str(ref)!r} is a local path; "
+                                  "drop the revision or pass a Hub id")
+        resolved, folder = _resolve_local(path)
+        own_bases = functools.partial(_local_card_bases, folder)
+    elif isinstance(ref, Path):
+        raise ResolutionError(f"no folder or file at {str(ref)!r}; check the path")
+    else:
+        resolved = resolve_hub_id(validate_repo_id(ref), revision)
+        own_bases = functools.partial(_card_bases, str(resolved.model_id), resolved.source,
+                                      resolved.revision or resolved.requested_revision)
+    _note_remote_code(resolved)
+    if lineage:
+        own_id = resolved.model_id if resolved.source != "local" else None
+        found = follow(resolved.config, own_bases, _read_ancestor, _ancestor_bases, model_id=own_id)
+        resolved.inherited, resolved.lineage = found.inherited, found.chain
+        resolved.notes.extend(found.notes)
+    return resolved

@@ -155,9 +155,10 @@ class Registry:
         try:
             return self.by_model_type[model_type]
         except (KeyError, TypeError):
-            known = ", ".join(sorted(self.by_model_type)) or "none"
+            known = ", ".join(sorted(self.families_by_name)) or "none"
             raise UnknownFamilyError(
-                f"no family handles model_type {model_type!r} (known: {known}); "
+                f"no family handles model_type {model_type!r} (families: {known}; "
+                "'ropekit plugins' lists their model_types); "
                 "install or write a family plugin (see 'Writing a family plugin' in the README) "
                 "or pass family=NAME to use an existing one"
             ) from None
