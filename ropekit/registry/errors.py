@@ -43,6 +43,12 @@ class PluginError(RopekitError):
     exit_code = 4
 
 
+class EvalPackError(RopekitError, ValueError):
+    """An evaluation pack line cannot be read."""
+
+    exit_code = 4
+
+
 class ResolutionError(RopekitError, FileNotFoundError):
     """A model id, folder or file could not be resolved to a config."""
 
@@ -81,6 +87,10 @@ class AttentionBackendError(PolicyError):
 
 class TransformersVersionError(PolicyError):
     """The installed transformers mishandles the requested method."""
+
+
+class EngineUnsupportedError(PolicyError):
+    """A serving engine cannot serve the receipt's scaling faithfully."""
 
 
 class VerificationError(PolicyError):

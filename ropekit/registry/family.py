@@ -8,9 +8,10 @@ an instance from a ``register_families`` hook.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, ClassVar, Mapping
 
-from .config_view import ConfigView, RopeSite, positive_float, positive_int
+from .config_view import LEGACY, ConfigView, RopeSite, positive_float, positive_int
 from .errors import InvalidConfigError, UnsupportedMethodError
 
 if TYPE_CHECKING:
@@ -70,6 +71,12 @@ class Family:
     default_rope_theta: ClassVar[float] = 10000.0
     #: the trained window when it differs from max_position_embeddings (None: read the config)
     native_window_tokens: ClassVar[int | None] = None
+    #: values the config class assumes when config.json omits them or leaves them null
+    #: (Gemma 3: max_position_embeddings 131072, head_dim 256), read at the rope sites
+    config_defaults: ClassVar[Mapping[str, Any]] = MappingProxyType({})
+    #: write ``head_dim = hidden_size // num_attention_heads`` when the config leaves it
+    #: null: transformers' yarn, dynamic and longrope crash on ``head_dim: None`` (Mixtral)
+    fill_head_dim: ClassVar[bool] = False
     description: ClassVar[str] = ""
 
     plugin: str = ""
@@ -94,6 +101,8 @@ class Family:
                 sites += [RopeSite(path, layout, lt) for lt in layer_types if wanted is None or lt in wanted]
             else:
                 sites.append(RopeSite(path, layout))
+        if not sites and view.is_dict and "max_position_embeddings" in self.config_defaults:
+            sites.append(RopeSite(paths[-1], LEGACY))  # every rope setting left to the class defaults
         if not sites:
             raise InvalidConfigError(
                 f"{view.model_type()!r} config has no rope settings (no rope_theta, rope_scaling, "
@@ -111,8 +120,13 @@ class Family:
         rope["rope_type"] = rope_type_of(rope)
         return rope
 
+    def setting(self, view: ConfigView, site: RopeSite, key: str) -> Any:
+        """A value of the site's container, or the family's default when absent or null."""
+        value = view.get(site.path, key)
+        return self.config_defaults.get(key) if value is None else value
+
     def max_position_embeddings(self, view: ConfigView, site: RopeSite) -> int:
-        value = view.get(site.path, "max_position_embeddings")
+        value = self.setting(view, site, "max_position_embeddings")
         where = ".".join([*site.path, "max_position_embeddings"])
         if value is None:
             raise InvalidConfigError(f"{where} is missing; expected the model's context length in tokens")
@@ -124,10 +138,29 @@ class Family:
         if self.native_window_tokens:
             return self.native_window_tokens
         rope = self.rope(view, site)
-        original = rope.get("original_max_position_embeddings")
-        if rope["rope_type"] not in UNSCALED_TYPES and original is not None:
-            return positive_int(original, f"{site.label}.original_max_position_embeddings")
+        if rope["rope_type"] not in UNSCALED_TYPES:
+            original = self.scaled_original(view, site, rope)
+            if original is not None:
+                return original
+        return self.unscaled_window(view, site)
+
+    def unscaled_window(self, view: ConfigView, site: RopeSite) -> int:
+        """The trained window of a config that names none: ``max_position_embeddings`` by default.
+
+        Override where a family's configs overstate it (Qwen: 40960 or 131072 for 32768).
+        """
         return self.max_position_embeddings(view, site)
+
+    def scaled_original(self, view: ConfigView, site: RopeSite, rope: dict[str, Any]) -> int | None:
+        """The original window a scaled rope dict declares, or that linear PI implies, else None."""
+        original = rope.get("original_max_position_embeddings")
+        if original is not None:
+            return positive_int(original, f"{site.label}.original_max_position_embeddings")
+        if rope["rope_type"] == "linear" and rope.get("factor") is not None:
+            # linear PI stretches the window: max_position_embeddings = factor x original
+            factor = positive_float(rope["factor"], f"{site.label}.factor")
+            return max(1, int(round(self.max_position_embeddings(view, site) / factor)))
+        return None
 
     def shipped_scaling(self, view: ConfigView, site: RopeSite) -> ShippedScaling | None:
         """Scaling the config already carries, or None."""
@@ -136,28 +169,32 @@ class Family:
         if rope_type in UNSCALED_TYPES:
             return None
         window = self.max_position_embeddings(view, site)
-        original = rope.get("original_max_position_embeddings")
-        original = positive_int(original, f"{site.label}.original_max_position_embeddings") \
-            if original is not None else self.native_window(view, site)
+        original = self.scaled_original(view, site, rope)
+        if original is None:
+            original = self.native_window(view, site)
         factor = rope.get("factor")
         factor = positive_float(factor, f"{site.label}.factor") if factor is not None else window / original
         if rope_type == "dynamic":  # dynamic's threshold is max_position_embeddings itself
             window = int(round(factor * window))
         return ShippedScaling(rope_type, factor, original, window, site.label)
 
+    def head_dim(self, view: ConfigView, site: RopeSite) -> int:
+        """The attention head size: ``head_dim``, else hidden_size // num_attention_heads."""
+        head_dim = self.setting(view, site, "head_dim")
+        where = ".".join([*site.path, "head_dim"])
+        if head_dim is None:
+            hidden_where = ".".join([*site.path, "hidden_size"])
+            heads_where = ".".join([*site.path, "num_attention_heads"])
+            hidden = positive_int(self.setting(view, site, "hidden_size"), hidden_where)
+            heads = positive_int(self.setting(view, site, "num_attention_heads"), heads_where)
+            return hidden // heads
+        return positive_int(head_dim, where)
+
     def rotary_dim(self, view: ConfigView, site: RopeSite) -> int:
         """Dimensions rotated per head: head_dim x partial_rotary_factor."""
-        head_dim = view.get(site.path, "head_dim")
-        if head_dim is None:
-            hidden = view.get(site.path, "hidden_size")
-            heads = view.get(site.path, "num_attention_heads")
-            where = ".".join([*site.path, "hidden_size"]) or "hidden_size"
-            hidden = positive_int(hidden, where)
-            heads = positive_int(heads, where.replace("hidden_size", "num_attention_heads"))
-            head_dim = hidden // heads
-        head_dim = positive_int(head_dim, ".".join([*site.path, "head_dim"]))
+        head_dim = self.head_dim(view, site)
         rope = view.read_rope(site)
-        partial = rope.get("partial_rotary_factor", view.get(site.path, "partial_rotary_factor"))
+        partial = rope.get("partial_rotary_factor", self.setting(view, site, "partial_rotary_factor"))
         partial = 1.0 if partial is None else positive_float(partial, "partial_rotary_factor")
         return int(head_dim * partial)
 
@@ -172,6 +209,8 @@ class Family:
 
     def extra_changes(self, view: ConfigView, site: RopeSite, method: str) -> dict[str, Any]:
         """Container-level values a patch must also set at ``site`` (e.g. a missing head_dim)."""
+        if self.fill_head_dim and view.get(site.path, "head_dim") is None:
+            return {"head_dim": self.head_dim(view, site)}
         return {}
 
     def refresh_live_modules(self, model: Any) -> list[str]:

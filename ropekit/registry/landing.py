@@ -195,11 +195,7 @@ def check_model(model: Any, *, registry: Registry | None = None, receipt: Any = 
     text_config = view.node(primary.path)
     report = LandingReport()
     if receipt is not None:
-        for change in receipt["changes"]:
-            value = view.lookup_path(change["path"])
-            if not change.get("removed") and value != change["after"]:
-                report.problems.append(f"config {'.'.join(change['path'])} is {value!r}, the receipt "
-                                       f"says {change['after']!r}")
+        report.problems += _receipt_problems(receipt, family, view, primary)
     for name, _parent, _attr, module in rotary_modules(model):
         own = getattr(module, "config", None)
         if own is not None and own is not text_config:
@@ -209,6 +205,39 @@ def check_model(model: Any, *, registry: Registry | None = None, receipt: Any = 
             module_view, module_family, module_sites = view, family, None
         report.checks += _check_module(name, module, module_view, module_family, primary, module_sites)
     return report
+
+
+def _receipt_problems(receipt: Any, family: Any, view: ConfigView, primary: RopeSite) -> list[str]:
+    """Where the config the model holds departs from what the receipt recorded.
+
+    Receipt paths follow the file's layout (rope_scaling or rope_parameters), which may
+    differ from the loaded object's, so values are compared on the normalized rope dict.
+    """
+    rope = family.rope(view, primary)
+    problems = []
+    for change in receipt["changes"]:
+        path = list(change["path"])
+        if path[: len(primary.path)] != list(primary.path):
+            continue
+        rest, key = path[len(primary.path):-1], path[-1]
+        if rest and rest[0] in ("rope_scaling", "rope_parameters") or key == "rope_theta":
+            if rest[1:] and primary.layer_type and rest[1:] != [primary.layer_type]:
+                continue
+            found = rope.get(key) if key in rope else None
+            wanted = None if change.get("removed") else change["after"]
+        elif not rest:
+            found, wanted = view.get(primary.path, key), change["after"]
+        else:
+            continue
+        if not _same_value(found, wanted):
+            problems.append(f"the config the model holds has {key} = {found!r}, the receipt says {wanted!r}")
+    return problems
+
+
+def _same_value(a: Any, b: Any) -> bool:
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
+        return math.isclose(float(a), float(b), rel_tol=1e-9)
+    return a == b
 
 
 def _check_module(name: str, module: Any, view: ConfigView, family: Any, primary: RopeSite,

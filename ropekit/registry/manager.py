@@ -59,6 +59,11 @@ def make_plugin_manager(*, entry_points: bool | None = None) -> pluggy.PluginMan
     if constants.load_entry_points() if entry_points is None else entry_points:
         try:
             pm.load_setuptools_entrypoints(constants.ENTRY_POINT_GROUP)
+        except pluggy.PluginValidationError as exc:
+            raise PluginError(
+                f"plugin {exc.plugin!r} does not match ropekit's hooks ({exc}); fix its hook names "
+                "or block it with ROPEKIT_DISABLE_PLUGINS"
+            ) from exc
         except Exception as exc:  # a broken third-party package must not break ropekit
             raise PluginError(
                 f"loading the '{constants.ENTRY_POINT_GROUP}' entry points failed ({exc}); "

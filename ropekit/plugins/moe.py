@@ -1,0 +1,91 @@
+"""Mixture-of-experts decoders: Mixtral, Qwen2/Qwen3-MoE, DeepSeek-V2/V3 and gpt-oss.
+
+The experts do not touch rotary embeddings; what differs is each family's rope quirks:
+
+- Mixtral configs leave ``head_dim`` null, and transformers' yarn, dynamic and longrope
+  then crash (``NoneType * float``): a patch writes ``head_dim = hidden / heads``.
+- Qwen MoE follows Qwen's native-window rule (Qwen3-30B-A3B: 40960 in the file, 32768 trained).
+- DeepSeek ships YaRN x40 from 4096 with ``mscale`` and ``mscale_all_dim`` (kept by every
+  patch) and rotates only ``qk_rope_head_dim`` of each head. With ``mscale_all_dim`` the
+  attention's softmax scale also depends on the factor, so a live model's attention
+  modules are refreshed after a patch.
+- gpt-oss ships YaRN x32 from 4096 with ``truncate: false`` (a fractional ramp), kept.
+"""
+
+from __future__ import annotations
+
+from types import MappingProxyType
+from typing import Any
+
+from ropekit.plugins.qwen import QwenWindow
+from ropekit.registry.config_view import ConfigView, RopeSite, positive_int
+from ropekit.registry.family import Family
+from ropekit.registry.hookspecs import hookimpl
+
+
+class MixtralFamily(Family):
+    name = "mixtral"
+    model_types = ("mixtral",)
+    default_rope_theta = 1_000_000.0
+    fill_head_dim = True
+    description = "Mixtral sparse MoE; writes the head_dim its configs leave null"
+
+
+class QwenMoeFamily(QwenWindow):
+    name = "qwen_moe"
+    model_types = ("qwen2_moe", "qwen3_moe")
+    default_rope_theta = 10000.0
+    description = "Qwen1.5/2-MoE and Qwen3-MoE; Qwen's native-window rule (32768 where rope_theta is 1e6)"
+
+
+class DeepSeekFamily(Family):
+    name = "deepseek"
+    model_types = ("deepseek_v2", "deepseek_v3")
+    config_defaults = MappingProxyType({"qk_rope_head_dim": 64})
+    description = ("DeepSeek-V2/V3 (MLA): ship yarn x40 from 4096 with mscale; rope covers "
+                   "qk_rope_head_dim only")
+
+    def rotary_dim(self, view: ConfigView, site: RopeSite) -> int:
+        """Only the decoupled rope part of each query/key head rotates: ``qk_rope_head_dim``.
+
+        transformers sets ``head_dim`` to it, unless a file names ``head_dim`` itself, which
+        then wins (4.57 and 5.x alike); hidden_size / heads never applies.
+        """
+        key = "head_dim" if view.get(site.path, "head_dim") is not None else "qk_rope_head_dim"
+        return positive_int(self.setting(view, site, key), ".".join([*site.path, key]))
+
+    def refresh_live_modules(self, model: Any) -> list[str]:
+        """Recompute each attention's softmax scale, which folds in YaRN's mscale_all_dim.
+
+        The attention is rebuilt on the meta device from its (patched) config, so the
+        scale follows whatever rule the installed transformers applies; no weights move.
+        """
+        import torch
+
+        from ropekit.registry.landing import language_tower
+
+        refreshed = []
+        for name, module in language_tower(model).named_modules():
+            if not (hasattr(module, "qk_head_dim") and hasattr(module, "scaling")
+                    and hasattr(module, "layer_idx") and hasattr(module, "config")):
+                continue
+            with torch.device("meta"):
+                fresh = type(module)(module.config, module.layer_idx)
+            module.scaling = fresh.scaling
+            refreshed.append(name)
+        return refreshed
+
+
+class GptOssFamily(Family):
+    name = "gpt_oss"
+    model_types = ("gpt_oss",)
+    default_rope_theta = 150000.0
+    description = "gpt-oss: ships yarn x32 from 4096 with truncate false (kept by every patch)"
+
+
+@hookimpl
+def register_families(register):
+    register(MixtralFamily())
+    register(QwenMoeFamily())
+    register(DeepSeekFamily())
+    register(GptOssFamily())
