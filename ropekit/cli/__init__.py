@@ -56,20 +56,33 @@ def emit_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
 
 
+def _split_debug(args: list[str]) -> tuple[list[str], bool]:
+    """Accept ``--debug`` anywhere before ``--`` (not only right after ``ropekit``)."""
+    end = args.index("--") if "--" in args else len(args)
+    debug = "--debug" in args[:end]
+    return [a for a in args[:end] if a != "--debug"] + args[end:], debug
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``ropekit`` script; returns the exit code."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in args
+    args, debug = _split_debug(list(sys.argv[1:] if argv is None else argv))
     _load_commands()
     try:
         result = cli.main(args=args, prog_name="ropekit", standalone_mode=False)
         return result if isinstance(result, int) else 0
     except click.exceptions.Exit as exc:
         return exc.exit_code
+    except click.exceptions.NoArgsIsHelpError as exc:  # bare ``ropekit``: the help, as click shows it
+        click.echo(exc.format_message(), err=True)
+        return exc.exit_code
     except click.ClickException as exc:  # usage errors: bad option values, missing arguments
         if debug:
             traceback.print_exc()
-        click.echo(f"error: {exc.format_message()}", err=True)
+        hint = ""
+        ctx = getattr(exc, "ctx", None)
+        if isinstance(exc, click.UsageError) and ctx is not None:
+            hint = f" (see '{ctx.command_path} --help')"
+        click.echo(f"error: {_one_line(exc.format_message())}{hint}", err=True)
         return exc.exit_code
     except click.Abort:
         click.echo("error: aborted", err=True)
@@ -77,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     except RopekitError as exc:
         if debug:
             traceback.print_exc()
-        click.echo(f"error: {exc}", err=True)
+        click.echo(f"error: {_one_line(str(exc))}", err=True)
         return exc.exit_code
     except KeyboardInterrupt:
         click.echo("error: interrupted", err=True)
@@ -85,9 +98,13 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # a bug: say so plainly
         if debug:
             traceback.print_exc()
-        click.echo(f"error: internal error ({type(exc).__name__}: {exc}); this is a ropekit bug, "
-                   "rerun with --debug and report the traceback", err=True)
+        click.echo(f"error: internal error ({type(exc).__name__}: {_one_line(str(exc))}); this is a ropekit "
+                   "bug, rerun with --debug and report the traceback", err=True)
         return 1
+
+
+def _one_line(message: str) -> str:
+    return " ".join(message.split())
 
 
 def run() -> None:

@@ -1,0 +1,391 @@
+"""Folder operations behind ``ropekit patch``, ``verify`` and ``revert``.
+
+Every write is atomic (a temporary file in the same folder, fsync, ``os.replace``),
+so a crash leaves either the old file or the new one, never half of one.
+
+* :func:`patch_folder` writes the patched ``config.json`` and ``rope_receipt.json``
+  into a new folder (``out``), or over the model's own ``config.json`` (in place)
+  after saving the original bytes to ``config.json.ropekit-orig`` for
+  :func:`revert_folder`.
+* :func:`verify_folder` checks a folder's receipt against its ``config.json``.
+* :func:`revert_folder` restores the original ``config.json`` byte for byte.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ropekit.registry.constants import BACKUP_FILENAME, RECEIPT_FILENAME
+from ropekit.registry.engine import Plan, apply_config
+from ropekit.registry.errors import (
+    InvalidConfigError, InvalidRequestError, PolicyError, ReceiptMismatchError, ResolutionError,
+)
+from ropekit.registry.hub import ResolvedConfig, read_config_file
+from ropekit.registry.long_context import LongContextConfig
+from ropekit.registry.receipt import Receipt, verify_receipt
+
+CONFIG_FILENAME = "config.json"
+
+#: weight files are never copied by ``patch --out`` (link or copy them yourself)
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf", ".h5", ".msgpack",
+                   ".onnx", ".npz", ".npy", ".tflite", ".ot", ".pkl")
+#: companion files larger than this are skipped as well (tokenizers are a few MB to ~35 MB)
+MAX_COMPANION_BYTES = 64 * 1024 * 1024
+
+
+# --- atomic files -------------------------------------------------------------------------
+
+def sha256_bytes(data: bytes) -> str:
+    """sha256 hex digest of raw bytes (the receipt's file hashes)."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically: temp file in the same folder, fsync, replace.
+
+    An existing file keeps its permission bits; a new one gets the umask's default.
+    """
+    path = Path(path)
+    try:
+        mode = path.stat().st_mode & 0o7777
+    except FileNotFoundError:
+        mode = _default_mode()
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _default_mode() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems cannot sync a directory
+        pass
+    finally:
+        os.close(fd)
+
+
+def dump_like(config: dict[str, Any], original: bytes | None) -> bytes:
+    """Serialize ``config`` in the style of the original file (indent, newline, line ending).
+
+    Key order is kept as read. Without an original, the Hugging Face style is used
+    (two-space indent, trailing newline).
+    """
+    indent: int | str | None = 2
+    newline, trailing = "\n", True
+    ensure_ascii = True
+    if original is not None:
+        text = original.decode("utf-8", errors="replace")
+        newline = "\r\n" if "\r\n" in text else "\n"
+        trailing = text.endswith(("\n", "\r"))
+        ensure_ascii = original.isascii()
+        lines = text.strip().splitlines()
+        if len(lines) <= 1:
+            indent = None
+        else:
+            second = lines[1]
+            stripped = second.lstrip(" \t")
+            lead = second[: len(second) - len(stripped)]
+            indent = "\t" if lead.startswith("\t") else (len(lead) or 2)
+    text = json.dumps(config, indent=indent, ensure_ascii=ensure_ascii, allow_nan=False)
+    if newline != "\n":
+        text = text.replace("\n", newline)
+    return (text + (newline if trailing else "")).encode("utf-8")
+
+
+# --- patch --------------------------------------------------------------------------------
+
+@dataclass
+class PatchResult:
+    """What :func:`patch_folder` wrote."""
+
+    plan: Plan
+    receipt: Receipt
+    folder: Path
+    in_place: bool
+    config_path: Path
+    receipt_path: Path
+    backup_path: Path | None = None
+    copied: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # "name (why)"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "folder": str(self.folder), "in_place": self.in_place, "config": str(self.config_path),
+            "receipt": str(self.receipt_path), "backup": str(self.backup_path) if self.backup_path else None,
+            "copied": list(self.copied), "skipped": list(self.skipped),
+            "manifest_sha256": self.receipt.manifest_sha256, "plan": self.plan.to_json(),
+        }
+
+
+def patch_folder(resolved: ResolvedConfig, request: LongContextConfig, *, out: Path | None = None,
+                 in_place: bool = False, family: str | None = None,
+                 companions_from: Path | None = None) -> PatchResult:
+    """Patch a resolved config into ``out`` or in place; nothing is written unless the plan succeeds.
+
+    :param companions_from: a local model folder whose small non-weight files
+        (tokenizer, generation config, chat template) are copied into ``out``.
+    """
+    if (out is None) == (not in_place):
+        raise InvalidRequestError("give exactly one of out=DIR or in_place=True (--out DIR or --in-place)")
+    original = _original_bytes(resolved)
+    config = copy.deepcopy(resolved.config)  # the caller's config is never mutated
+    if in_place:
+        folder = _in_place_folder(resolved)
+    else:
+        folder = Path(out)  # type: ignore[arg-type]
+        _check_out_folder(folder, resolved)
+
+    model = {**resolved.receipt_model(), "file_sha256_before": sha256_bytes(original) if original else None}
+    plan, receipt = apply_config(config, request, family=family, inherited=resolved.inherited, model=model)
+    patched = dump_like(config, original)
+    layout = {"config": CONFIG_FILENAME, "mode": "in-place" if in_place else "out",
+             "backup": BACKUP_FILENAME if in_place else None}
+    receipt = receipt.with_fields(model={**receipt["model"], "file_sha256_after": sha256_bytes(patched)},
+                                  files=layout)
+    result = PatchResult(plan, receipt, folder, in_place, folder / CONFIG_FILENAME, folder / RECEIPT_FILENAME)
+    if in_place:
+        _write_in_place(result, original, patched)  # type: ignore[arg-type]
+        return result
+
+    folder.mkdir(parents=True, exist_ok=True)
+    if companions_from is not None:
+        result.copied, result.skipped = copy_companions(companions_from, folder)
+    atomic_write(result.config_path, patched)
+    atomic_write(result.receipt_path, receipt.to_json().encode("utf-8"))
+    return result
+
+
+def _original_bytes(resolved: ResolvedConfig) -> bytes | None:
+    if resolved.path is None:
+        return None
+    try:
+        return Path(resolved.path).read_bytes()
+    except OSError as exc:
+        raise ResolutionError(f"cannot read {resolved.path} ({exc.strerror}); check the path") from None
+
+
+def _in_place_folder(resolved: ResolvedConfig) -> Path:
+    if resolved.source != "local" or resolved.path is None:
+        raise InvalidConfigError(
+            f"--in-place needs a local model folder, but the config came from the {resolved.source} "
+            f"({resolved.model_id}); write the patch elsewhere with --out DIR"
+        )
+    folder = Path(resolved.path).parent
+    if (folder / BACKUP_FILENAME).exists():
+        raise PolicyError(
+            f"{folder} was already patched in place ({BACKUP_FILENAME} holds the original); "
+            f"run 'ropekit revert {folder}' first, or patch into a new folder with --out DIR"
+        )
+    return folder
+
+
+def _check_out_folder(folder: Path, resolved: ResolvedConfig) -> None:
+    if resolved.path is not None and folder.resolve() == Path(resolved.path).parent.resolve():
+        raise InvalidConfigError(f"--out {folder} is the model's own folder; use --in-place to patch it "
+                                 "there (a backup is kept for revert), or choose a new folder")
+    if folder.exists() and not folder.is_dir():
+        raise InvalidConfigError(f"--out {folder} exists and is not a folder; choose a new folder")
+    if (folder / CONFIG_FILENAME).exists() and not (folder / RECEIPT_FILENAME).exists():
+        raise InvalidConfigError(f"--out {folder} already holds a config.json that ropekit did not write; "
+                                 "choose an empty or new folder")
+
+
+def _write_in_place(result: PatchResult, original: bytes, patched: bytes) -> None:
+    """Backup first, then config, then receipt; undo what was written if a later step fails."""
+    backup = result.folder / BACKUP_FILENAME
+    atomic_write(backup, original)
+    result.backup_path = backup
+    try:
+        atomic_write(result.config_path, patched)
+        try:
+            atomic_write(result.receipt_path, result.receipt.to_json().encode("utf-8"))
+        except BaseException:
+            atomic_write(result.config_path, original)
+            raise
+    except BaseException:
+        backup.unlink(missing_ok=True)
+        raise
+
+
+def copy_companions(source: Path, dest: Path) -> tuple[list[str], list[str]]:
+    """Copy a model folder's small non-weight top-level files (tokenizer, generation config...).
+
+    Never copies weights, config.json, ropekit's own files, hidden files or sub-folders.
+    Returns the names copied and the names skipped with the reason.
+    """
+    copied: list[str] = []
+    skipped: list[str] = []
+    own = {CONFIG_FILENAME, RECEIPT_FILENAME, BACKUP_FILENAME}
+    for entry in sorted(Path(source).iterdir(), key=lambda p: p.name):
+        name = entry.name
+        if name in own or name.startswith("."):
+            continue
+        if entry.is_dir():
+            skipped.append(f"{name}/ (folder)")
+        elif name.lower().endswith(WEIGHT_SUFFIXES):
+            skipped.append(f"{name} (weights)")
+        elif entry.is_file():
+            size = entry.stat().st_size
+            if size > MAX_COMPANION_BYTES:
+                skipped.append(f"{name} ({size // (1024 * 1024)} MiB, over the "
+                               f"{MAX_COMPANION_BYTES // (1024 * 1024)} MiB limit)")
+            else:
+                atomic_write(dest / name, entry.read_bytes())
+                copied.append(name)
+    return copied, skipped
+
+
+# --- verify -------------------------------------------------------------------------------
+
+@dataclass
+class Check:
+    """One verification step and its outcome."""
+
+    name: str
+    ok: bool
+    detail: str
+
+
+@dataclass
+class VerifyResult:
+    """The outcome of :func:`verify_folder`; further checks append to ``checks``."""
+
+    folder: Path
+    receipt: Receipt
+    config: dict[str, Any]
+    checks: list[Check] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(c.ok for c in self.checks)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"folder": str(self.folder), "ok": self.ok,
+                "checks": [{"name": c.name, "ok": c.ok, "detail": c.detail} for c in self.checks],
+                "long_context": self.receipt.get("long_context"),
+                "manifest_sha256": self.receipt.get("manifest_sha256")}
+
+
+def locate_folder(target: Path) -> Path:
+    """The model folder for a folder or a path to its config.json."""
+    target = Path(target)
+    if target.is_dir():
+        return target
+    if target.is_file():
+        return target.parent
+    raise ResolutionError(f"no folder or file at {str(target)!r}; give the folder ropekit patched")
+
+
+def verify_folder(target: Path) -> VerifyResult:
+    """Check the folder's receipt against its config.json (values and hash).
+
+    Raises :class:`ReceiptMismatchError` naming the first difference.
+    """
+    folder = locate_folder(target)
+    receipt_path = folder / RECEIPT_FILENAME
+    if not receipt_path.is_file():
+        raise InvalidConfigError(f"{folder} has no {RECEIPT_FILENAME}; patch it with 'ropekit patch' first")
+    config_path = folder / CONFIG_FILENAME
+    if not config_path.is_file():
+        raise ResolutionError(f"{folder} has a receipt but no {CONFIG_FILENAME}; restore the patched config")
+    receipt = Receipt.load(receipt_path)
+    config = read_config_file(config_path)
+    verify_receipt(receipt, config)
+    long_context = receipt.get("long_context") or {}
+    detail = (f"{len(receipt['changes'])} recorded changes and the config hash match "
+              f"({long_context.get('method')} x{long_context.get('factor')})")
+    return VerifyResult(folder, receipt, config, [Check("receipt", True, detail)])
+
+
+# --- revert -------------------------------------------------------------------------------
+
+@dataclass
+class RevertResult:
+    """What :func:`revert_folder` restored and removed."""
+
+    folder: Path
+    config_sha256: str
+    removed: list[str]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"folder": str(self.folder), "config_sha256": self.config_sha256, "removed": self.removed}
+
+
+def revert_folder(target: Path, *, force: bool = False) -> RevertResult:
+    """Restore the config.json a ``patch --in-place`` replaced, byte for byte.
+
+    Refuses (exit 3) when the backup is not the file the receipt recorded, or
+    when config.json was edited after the patch, unless ``force``.
+    """
+    folder = locate_folder(target)
+    backup = folder / BACKUP_FILENAME
+    receipt_path = folder / RECEIPT_FILENAME
+    config_path = folder / CONFIG_FILENAME
+    if not backup.is_file():
+        if receipt_path.is_file():
+            raise InvalidConfigError(
+                f"{folder} holds a receipt but no {BACKUP_FILENAME}: it was written by 'patch --out', "
+                "so its original is the source folder; delete this folder instead of reverting it"
+            )
+        raise InvalidConfigError(f"nothing to revert in {folder}: no {BACKUP_FILENAME} or {RECEIPT_FILENAME}; "
+                                 "only folders patched with 'ropekit patch --in-place' can be reverted")
+    original = backup.read_bytes()
+    current = config_path.read_bytes() if config_path.is_file() else None
+    if current != original and receipt_path.is_file() and not force:
+        _check_revertible(Receipt.load(receipt_path), original, current, folder)
+    if current != original:
+        atomic_write(config_path, original)
+    removed = []
+    for path in (receipt_path, backup):
+        if path.exists():
+            path.unlink()
+            removed.append(path.name)
+    _fsync_dir(folder)
+    return RevertResult(folder, sha256_bytes(original), removed)
+
+
+def _check_revertible(receipt: Receipt, original: bytes, current: bytes | None, folder: Path) -> None:
+    edited = receipt.tampered_field()
+    if edited is not None:
+        raise ReceiptMismatchError(
+            f"receipt field {edited!r} in {folder} was edited after the patch, so its hashes cannot vouch for "
+            f"{BACKUP_FILENAME}; pass --force to restore the backup anyway"
+        )
+    model = receipt.get("model") or {}
+    before, after = model.get("file_sha256_before"), model.get("file_sha256_after")
+    if before and sha256_bytes(original) != before:
+        raise ReceiptMismatchError(
+            f"{BACKUP_FILENAME} in {folder} is not the file the receipt recorded (sha256 {before[:12]}...); "
+            "it was changed after the patch; pass --force to restore it anyway"
+        )
+    if after and current is not None and sha256_bytes(current) != after:
+        raise ReceiptMismatchError(
+            f"{CONFIG_FILENAME} in {folder} was edited after the patch; reverting would discard those edits; "
+            "pass --force to restore the original anyway"
+        )
