@@ -50,7 +50,7 @@ def apply_rope_scaling(target: Any, request: LongContextConfig, *, family: str |
 
 
 def load_model(ref: str | Path, request: LongContextConfig, *, revision: str | None = None,
-               family: str | None = None, model_class: Any = None,
+               family: str | None = None, model_class: Any = None, for_training: bool = True,
                **from_pretrained_kwargs: Any) -> tuple[Any, Receipt]:
     """Load a model with RoPE scaling applied the way that always lands.
 
@@ -58,6 +58,11 @@ def load_model(ref: str | Path, request: LongContextConfig, *, revision: str | N
     so the rotary modules are built from the patched settings; the landing is then
     verified against the closed form and recorded in the returned receipt.
     Remote code is never run.
+
+    With ``for_training`` (the default) the attention backend is chosen first:
+    FlashAttention 3 on Hopper, 2 on Ampere and newer; a new window above 16384 tokens
+    without either is refused (AttentionBackendError). Pass ``for_training=False`` for
+    inference, or ``attn_implementation=...`` to choose the kernel yourself.
     """
     from transformers import AutoConfig
 
@@ -68,6 +73,11 @@ def load_model(ref: str | Path, request: LongContextConfig, *, revision: str | N
     config = AutoConfig.for_model(**{k: v for k, v in resolved.config.items() if k != "auto_map"})
     _, receipt = apply_config(config, request, family=family, inherited=resolved.inherited,
                               model=resolved.receipt_model())
+    if for_training and "attn_implementation" not in from_pretrained_kwargs:
+        from ropekit.training.attention import require_attention_backend
+
+        choice = require_attention_backend(receipt.long_context["new_max_position_embeddings"])
+        from_pretrained_kwargs["attn_implementation"] = choice.attn_implementation
     cls = model_class or _model_class_for(config)
     kwargs = {"revision": resolved.revision, **from_pretrained_kwargs} if resolved.source != "local" \
         else from_pretrained_kwargs

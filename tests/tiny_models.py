@@ -33,6 +33,10 @@ def shrink(config: dict[str, Any]) -> dict[str, Any]:
             for key, value in SHRINK.items():
                 if key in node or (node is text and key in ALWAYS):
                     node[key] = value
+            if "qk_rope_head_dim" in node:  # MLA: the rotary part is qk_rope_head_dim, head_dim follows it
+                node.pop("head_dim", None)
+            if node is text and node.get("model_type", "").startswith("gemma3"):
+                node["sliding_window_pattern"] = 2  # one sliding and one full-attention layer
             if isinstance(node.get("layer_types"), list):
                 node["layer_types"] = node["layer_types"][: SHRINK["num_hidden_layers"]]
             if "rope_scaling" in node and isinstance(node["rope_scaling"], dict) and "mrope_section" in node["rope_scaling"]:
