@@ -553,3 +553,28 @@ def test_resolved_config_receipt_fields():
     catalog = ResolvedConfig({}, model_id="a/b", source="catalog", captured="2026-11-29", provenance="x @ y")
     assert catalog.receipt_model() == {"id": "a/b", "revision": None, "source": "catalog",
                                        "captured": "2026-11-29", "provenance": "x @ y"}
+
+
+def test_an_unresolvable_hub_is_not_retried(tmp_path, monkeypatch):
+    """No name resolution means no network: answer from cache or catalog at once, not after retries."""
+    import time
+
+    from ropekit.registry import hub
+
+    set_offline(monkeypatch, False)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.setenv("HF_ENDPOINT", "https://hub.invalid")
+    monkeypatch.setattr(hub, "_RESOLVED", {})
+    asked = []
+
+    def getaddrinfo(host, *args, **kwargs):
+        asked.append(host)
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    start = time.perf_counter()
+    resolved = resolve("Qwen/Qwen2.5-7B-Instruct")
+    assert resolved.source == "catalog"
+    assert time.perf_counter() - start < 2.0
+    assert asked == ["hub.invalid"]
+    assert any("could not be reached" in note for note in resolved.notes)

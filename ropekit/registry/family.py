@@ -12,7 +12,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, ClassVar, Mapping
 
 from .config_view import LEGACY, ConfigView, RopeSite, positive_float, positive_int
-from .errors import InvalidConfigError, UnsupportedMethodError
+from .errors import InvalidConfigError, PluginError, RopekitError, UnsupportedMethodError
 
 if TYPE_CHECKING:
     from .manager import Registry
@@ -34,6 +34,8 @@ class ShippedScaling:
 
     def describe(self) -> str:
         where = "" if self.source == "config" else f" (inherited from base model {self.source})"
+        if self.rope_type == "trained":  # a base trained long, without scaling keys
+            return f"was trained at {self.window} tokens{where}"
         return (f"ships {self.rope_type} x{self.factor:g} from {self.original_max_position_embeddings} "
                 f"-> {self.window}{where}")
 
@@ -224,3 +226,45 @@ class Family:
 
     def __repr__(self) -> str:
         return f"<Family {self.name} ({', '.join(self.model_types)})>"
+
+
+class GuardedFamily:
+    """A third-party family whose unexpected exceptions become :class:`PluginError` naming it.
+
+    Built-in families are not wrapped: a crash there is a ropekit bug and must show as one.
+    """
+
+    def __init__(self, family: Family) -> None:
+        self._family = family
+
+    def __getattr__(self, name: str) -> Any:
+        value = getattr(self._family, name)
+        if not callable(value) or name.startswith("__"):
+            return value
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return value(*args, **kwargs)
+            except RopekitError:
+                raise
+            except Exception as exc:
+                fam = self._family
+                raise PluginError(
+                    f"family '{fam.name}' of plugin '{fam.plugin}' failed in {name}() "
+                    f"({type(exc).__name__}: {exc}); report it to the plugin's authors or block it "
+                    "with ROPEKIT_DISABLE_PLUGINS"
+                ) from exc
+        return call
+
+    def __repr__(self) -> str:
+        return f"<guarded {self._family!r}>"
+
+
+def guarded(family: Family) -> Family:
+    """Wrap a family from a third-party plugin; built-ins pass through unchanged."""
+    from .manager import DEFAULT_PLUGINS
+
+    if family.plugin in DEFAULT_PLUGINS or isinstance(family, GuardedFamily):
+        return family
+    return GuardedFamily(family)  # type: ignore[return-value]
+

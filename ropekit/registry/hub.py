@@ -125,6 +125,30 @@ def _endpoint() -> str | None:
     return os.environ.get("HF_ENDPOINT") or None
 
 
+def hub_resolvable(endpoint: str | None) -> bool:
+    """False when the Hub's host name does not resolve: then only the cache is asked.
+
+    Without this, huggingface_hub retries a failed name lookup for about 25 seconds
+    before giving up, on every request.
+    """
+    import socket
+    from urllib.parse import urlsplit
+
+    host = urlsplit(endpoint or "https://huggingface.co").hostname or "huggingface.co"
+    if host in _RESOLVED:
+        return _RESOLVED[host]
+    try:
+        socket.getaddrinfo(host, 443, proto=socket.IPPROTO_TCP)
+        ok = True
+    except (OSError, UnicodeError):
+        ok = False
+    _RESOLVED[host] = ok
+    return ok
+
+
+_RESOLVED: dict[str, bool] = {}
+
+
 # --- fetching through huggingface_hub ---------------------------------------------------
 def fetch_file(repo_id: str, filename: str, revision: str | None = None) -> Path:
     """One file of a Hub model repo, from the HF cache or the Hub, as a snapshot path.
@@ -142,7 +166,8 @@ def fetch_file(repo_id: str, filename: str, revision: str | None = None) -> Path
     at = f" at revision {revision!r}" if revision else ""
     try:
         return Path(hf_hub_download(repo_id, filename, revision=revision, cache_dir=cache,
-                                    local_files_only=offline, endpoint=_endpoint()))
+                                    local_files_only=offline or not hub_resolvable(_endpoint()),
+                                    endpoint=_endpoint()))
     except hf_errors.GatedRepoError:
         raise HubUnavailableError(
             f"Hub repo {repo_id!r} is gated; accept its terms at {_endpoint() or 'https://huggingface.co'}/"
