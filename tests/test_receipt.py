@@ -1,0 +1,93 @@
+"""Receipts: canonical JSON, stable bytes, seals, verification."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+import rfc8785
+
+from conftest import load_fixture
+from ropekit import LongContextConfig, Receipt, apply_rope_scaling, verify_receipt
+from ropekit.registry.errors import ReceiptMismatchError
+from ropekit.registry.receipt import canonical_json, config_sha256
+
+GOLDEN = Path(__file__).parent / "golden" / "llama3-yarn4.receipt.json"
+PINNED_VERSIONS = {"ropekit": "0.1.0", "transformers": "pinned", "python": "pinned"}
+
+
+def _receipt(name="meta-llama__Meta-Llama-3-8B-Instruct", **kwargs):
+    config = load_fixture(name)
+    request = LongContextConfig(**({"method": "yarn", "factor": 4.0} | kwargs))
+    return config, apply_rope_scaling(config, request)
+
+
+def test_same_input_same_bytes_same_hash():
+    _, first = _receipt()
+    _, second = _receipt()
+    assert first.to_json() == second.to_json()
+    assert first.manifest_sha256 == second.manifest_sha256
+
+
+def test_golden_receipt_bytes():
+    _, receipt = _receipt()
+    pinned = receipt.with_fields(versions=PINNED_VERSIONS)
+    assert pinned.to_json() == GOLDEN.read_text()
+
+
+def test_manifest_is_sha256_of_rfc8785_canonical_json():
+    _, receipt = _receipt()
+    data = receipt.to_dict()
+    manifest = data.pop("manifest_sha256")
+    assert manifest == hashlib.sha256(rfc8785.dumps(data)).hexdigest()
+    # RFC 8785: sorted keys, no whitespace, shortest round-trip numbers
+    assert canonical_json({"b": 1.0, "a": [1e21, 0.1]}) == b'{"a":[1e+21,0.1],"b":1}'
+
+
+def test_config_hashes_before_and_after():
+    original = load_fixture("meta-llama__Meta-Llama-3-8B-Instruct")
+    config, receipt = _receipt()
+    assert receipt["model"]["config_sha256_before"] == hashlib.sha256(rfc8785.dumps(original)).hexdigest()
+    assert receipt["model"]["config_sha256_after"] == config_sha256(config)
+    assert receipt["model"]["config_sha256_before"] != receipt["model"]["config_sha256_after"]
+
+
+def test_receipt_records_sites_changes_policy_versions():
+    _, receipt = _receipt("meta-llama__Llama-3.1-8B-Instruct", on_existing="compound")
+    assert receipt["sites"] == ["rope_scaling"]
+    changes = {tuple(c["path"]): c for c in receipt["changes"]}
+    assert changes[("rope_scaling", "factor")]["before"] == 8.0
+    assert changes[("rope_scaling", "factor")]["after"] == 32.0
+    assert changes[("rope_scaling", "low_freq_factor")]["removed"] is True
+    assert changes[("max_position_embeddings",)] == {"path": ["max_position_embeddings"], "before": 131072,
+                                                      "after": 262144}
+    assert receipt["existing_scaling"]["rope_type"] == "llama3"
+    assert receipt["policy"] == {"on_existing": "compound", "applied": "compound"}
+    assert set(receipt["versions"]) == {"ropekit", "transformers", "python"}
+    assert receipt["family"]["name"] == "llama"
+
+
+def test_round_trip_through_json_and_verify():
+    config, receipt = _receipt()
+    loaded = Receipt.from_json(receipt.to_json())
+    assert loaded == receipt
+    assert verify_receipt(loaded, config) == receipt
+
+
+def test_verify_names_an_edited_rope_value():
+    config, receipt = _receipt()
+    edited = copy.deepcopy(config)
+    edited["rope_scaling"]["factor"] = 8.0
+    with pytest.raises(ReceiptMismatchError, match="rope_scaling.factor"):
+        verify_receipt(receipt, edited)
+
+
+def test_verify_names_an_edited_receipt_field():
+    config, receipt = _receipt()
+    data = json.loads(receipt.to_json())
+    data["long_context"]["factor"] = 8.0
+    with pytest.raises(ReceiptMismatchError, match="long_context.factor"):
+        verify_receipt(data, config)
