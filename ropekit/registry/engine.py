@@ -272,20 +272,10 @@ def build_receipt(plan: Plan, view: ConfigView, before: str, after: str, model: 
             "config_sha256_before": before, "config_sha256_after": after,
             **{k: v for k, v in model.items() if k not in {"id", "revision", "source"}},
         },
-        "family": {"name": plan.family.name, "plugin": plan.family.plugin, "version": plan.family.version},
-        "long_context": plan.long_context,
-        "attention_scaling": plan.attention_scaling,
-        "method_reason": plan.method_reason,
-        "native_window": plan.native_window,
-        "rotary_dim": plan.rotary_dim,
-        "existing_scaling": plan.existing.to_json() if plan.existing else None,
-        "policy": {"on_existing": plan.request.on_existing, "applied": plan.policy},
-        "sites": [s.label for s in plan.sites],
-        "changes": [c.to_json() for c in plan.changes],
+        **plan.to_json(),
         "config_fields_sha256": config_field_hashes(view),
         "versions": versions(),
         "landing": landing,
-        "warnings": list(plan.warnings),
     })
 
 
