@@ -1,7 +1,8 @@
 """Folder operations behind ``ropekit patch``, ``verify`` and ``revert``.
 
-Every write is atomic (a temporary file in the same folder, fsync, ``os.replace``),
-so a crash leaves either the old file or the new one, never half of one.
+Every write is atomic (a temporary file in the same folder, fsync, ``os.replace``,
+fsync of the folder), so a crash leaves either the old file or the new one, never
+half of one.
 
 * :func:`patch_folder` writes the patched ``config.json`` and ``rope_receipt.json``
   into a new folder (``out``), or over the model's own ``config.json`` (in place)
@@ -9,6 +10,25 @@ so a crash leaves either the old file or the new one, never half of one.
   :func:`revert_folder`.
 * :func:`verify_folder` checks a folder's receipt against its ``config.json``.
 * :func:`revert_folder` restores the original ``config.json`` byte for byte.
+
+What a process killed at any instant (SIGKILL, power loss) leaves behind:
+
+* ``patch --in-place`` writes the backup, then config.json, then the receipt. Killed
+  before config.json is replaced, the folder holds the original config.json (and maybe
+  the backup); killed after, the patched config.json and the backup, with or without
+  the receipt. Whenever the backup exists ``ropekit revert`` restores the original;
+  once the receipt exists ``ropekit verify`` passes.
+* ``revert`` restores config.json, then removes the receipt, then the backup; killed
+  anywhere, running ``ropekit revert`` again finishes the job.
+* A kill between writing a temporary file and renaming it leaves a hidden
+  ``.<name>.<random>.tmp`` file beside the target. Verify ignores such files, ``patch``
+  never copies them, and the next ``patch`` or ``revert`` of the folder deletes them.
+
+Test hook: ``ROPEKIT_TEST_PAUSE_AT=<step>`` (read at each step, one environment look-up
+otherwise) makes the process print ``ropekit: paused at <step>`` on stderr and sleep, so
+that a test can kill it there. Steps are ``written:<file>`` (temporary file written and
+synced, not yet renamed), ``replaced:<file>`` (renamed into place) and ``removed:<file>``,
+for config.json, rope_receipt.json and config.json.ropekit-orig.
 """
 
 from __future__ import annotations
@@ -17,7 +37,10 @@ import copy
 import hashlib
 import json
 import os
+import re
+import sys
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +50,7 @@ from ropekit.registry.engine import Plan, apply_config
 from ropekit.registry.errors import (
     InvalidConfigError, InvalidRequestError, PolicyError, ReceiptMismatchError, ResolutionError,
 )
-from ropekit.registry.hub import ResolvedConfig, read_config_file
+from ropekit.registry.hub import ResolvedConfig, read_bounded, read_config_file
 from ropekit.registry.long_context import LongContextConfig
 from ropekit.registry.receipt import Receipt, verify_receipt
 
@@ -47,10 +70,25 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+#: test hook (see the module docstring): the step at which to pause, read at call time
+PAUSE_ENV = "ROPEKIT_TEST_PAUSE_AT"
+PAUSE_SECONDS = 60.0
+#: a temporary file :func:`atomic_write` leaves only when killed between write and rename
+_TEMP_NAME = re.compile(r"^\.(?P<target>.+)\.[A-Za-z0-9_]{8}\.tmp$")
+
+
+def checkpoint(step: str) -> None:
+    """Pause here when ``ROPEKIT_TEST_PAUSE_AT`` names ``step`` (tests kill the process there)."""
+    if os.environ.get(PAUSE_ENV) == step:
+        print(f"ropekit: paused at {step}", file=sys.stderr, flush=True)
+        time.sleep(PAUSE_SECONDS)
+
+
 def atomic_write(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically: temp file in the same folder, fsync, replace.
 
     An existing file keeps its permission bits; a new one gets the umask's default.
+    A symlink at ``path`` is replaced by a regular file (its target is left alone).
     """
     path = Path(path)
     try:
@@ -64,11 +102,32 @@ def atomic_write(path: Path, data: bytes) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.chmod(tmp, mode)
+        checkpoint(f"written:{path.name}")
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
+    checkpoint(f"replaced:{path.name}")
+
+
+def stale_temp_files(folder: Path) -> list[Path]:
+    """Temporary files a killed ropekit left in ``folder`` (for config.json, receipt, backup)."""
+    own = {CONFIG_FILENAME, RECEIPT_FILENAME, BACKUP_FILENAME}
+    try:
+        entries = list(Path(folder).iterdir())
+    except OSError:
+        return []
+    return sorted(p for p in entries if (m := _TEMP_NAME.match(p.name)) and m["target"] in own and p.is_file())
+
+
+def remove_stale_temp_files(folder: Path) -> list[str]:
+    """Delete :func:`stale_temp_files`; returns their names."""
+    removed = []
+    for path in stale_temp_files(folder):
+        path.unlink(missing_ok=True)
+        removed.append(path.name)
+    return removed
 
 
 def _default_mode() -> int:
@@ -170,10 +229,12 @@ def patch_folder(resolved: ResolvedConfig, request: LongContextConfig, *, out: P
                                   files=layout)
     result = PatchResult(plan, receipt, folder, in_place, folder / CONFIG_FILENAME, folder / RECEIPT_FILENAME)
     if in_place:
+        remove_stale_temp_files(folder)
         _write_in_place(result, original, patched)  # type: ignore[arg-type]
         return result
 
     folder.mkdir(parents=True, exist_ok=True)
+    remove_stale_temp_files(folder)
     if companions_from is not None:
         result.copied, result.skipped = copy_companions(companions_from, folder)
     atomic_write(result.config_path, patched)
@@ -184,10 +245,7 @@ def patch_folder(resolved: ResolvedConfig, request: LongContextConfig, *, out: P
 def _original_bytes(resolved: ResolvedConfig) -> bytes | None:
     if resolved.path is None:
         return None
-    try:
-        return Path(resolved.path).read_bytes()
-    except OSError as exc:
-        raise ResolutionError(f"cannot read {resolved.path} ({exc.strerror}); check the path") from None
+    return read_bounded(Path(resolved.path))
 
 
 def _in_place_folder(resolved: ResolvedConfig) -> Path:
@@ -317,7 +375,8 @@ def verify_folder(target: Path) -> VerifyResult:
     receipt = Receipt.load(receipt_path)
     config = read_config_file(config_path)
     verify_receipt(receipt, config)
-    long_context = receipt.get("long_context") or {}
+    long_context = receipt.get("long_context")
+    long_context = long_context if isinstance(long_context, dict) else {}
     detail = (f"{len(receipt['changes'])} recorded changes and the config hash match "
               f"({long_context.get('method')} x{long_context.get('factor')})")
     return VerifyResult(folder, receipt, config, [Check("receipt", True, detail)])
@@ -355,8 +414,8 @@ def revert_folder(target: Path, *, force: bool = False) -> RevertResult:
             )
         raise InvalidConfigError(f"nothing to revert in {folder}: no {BACKUP_FILENAME} or {RECEIPT_FILENAME}; "
                                  "only folders patched with 'ropekit patch --in-place' can be reverted")
-    original = backup.read_bytes()
-    current = config_path.read_bytes() if config_path.is_file() else None
+    original = read_bounded(backup, kind=BACKUP_FILENAME)
+    current = _current_config(config_path, force)
     if current != original and receipt_path.is_file() and not force:
         _check_revertible(Receipt.load(receipt_path), original, current, folder)
     if current != original:
@@ -365,9 +424,25 @@ def revert_folder(target: Path, *, force: bool = False) -> RevertResult:
     for path in (receipt_path, backup):
         if path.exists():
             path.unlink()
+            _fsync_dir(folder)
+            checkpoint(f"removed:{path.name}")
             removed.append(path.name)
+    removed += remove_stale_temp_files(folder)
     _fsync_dir(folder)
     return RevertResult(folder, sha256_bytes(original), removed)
+
+
+def _current_config(config_path: Path, force: bool) -> bytes | None:
+    """config.json's bytes (None when absent); one too large to be ropekit's is refused unless forced."""
+    if not config_path.is_file():
+        return None  # absent, or not a file: the backup replaces it
+    try:
+        return read_bounded(config_path)
+    except InvalidConfigError as exc:  # over the size limit
+        if force:
+            return None  # replaced whatever it is by the backup
+        raise ReceiptMismatchError(f"{CONFIG_FILENAME} is not the file ropekit wrote ({exc}); pass --force to "
+                                   "restore the original anyway") from None
 
 
 def _check_revertible(receipt: Receipt, original: bytes, current: bytes | None, folder: Path) -> None:
@@ -377,7 +452,8 @@ def _check_revertible(receipt: Receipt, original: bytes, current: bytes | None, 
             f"receipt field {edited!r} in {folder} was edited after the patch, so its hashes cannot vouch for "
             f"{BACKUP_FILENAME}; pass --force to restore the backup anyway"
         )
-    model = receipt.get("model") or {}
+    model = receipt.get("model")
+    model = model if isinstance(model, dict) else {}
     before, after = model.get("file_sha256_before"), model.get("file_sha256_after")
     if before and sha256_bytes(original) != before:
         raise ReceiptMismatchError(

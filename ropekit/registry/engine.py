@@ -18,7 +18,7 @@ from .config_view import Change, ConfigView, RopeSite, _MISSING
 from .errors import (
     CompoundingError, InvalidRequestError, UnstableFactorError, WindowMismatchError,
 )
-from .family import UNSCALED_TYPES, Family, ShippedScaling, guarded
+from .family import UNSCALED_TYPES, Family, ShippedScaling
 from .landing import check_transformers_support
 from .long_context import LongContextConfig
 from .manager import Registry, get_registry
@@ -131,7 +131,7 @@ def plan_config(target: Any, request: LongContextConfig, *, registry: Registry |
                                   "build one with LongContextConfig(method=..., factor=...)")
     registry = registry or get_registry()
     view = target if isinstance(target, ConfigView) else ConfigView(target)
-    fam = guarded(registry.family(family).resolve(view, registry) if family else registry.family_for(view))
+    fam = registry.family(family).resolve(view, registry) if family else registry.family_for(view)
     sites = fam.rope_sites(view)
     primary = sites[-1]
     native = fam.native_window(view, primary)

@@ -12,7 +12,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, ClassVar, Mapping
 
 from .config_view import LEGACY, ConfigView, RopeSite, positive_float, positive_int
-from .errors import InvalidConfigError, PluginError, RopekitError, UnsupportedMethodError
+from .errors import InvalidConfigError, UnsupportedMethodError
 
 if TYPE_CHECKING:
     from .manager import Registry
@@ -226,45 +226,4 @@ class Family:
 
     def __repr__(self) -> str:
         return f"<Family {self.name} ({', '.join(self.model_types)})>"
-
-
-class GuardedFamily:
-    """A third-party family whose unexpected exceptions become :class:`PluginError` naming it.
-
-    Built-in families are not wrapped: a crash there is a ropekit bug and must show as one.
-    """
-
-    def __init__(self, family: Family) -> None:
-        self._family = family
-
-    def __getattr__(self, name: str) -> Any:
-        value = getattr(self._family, name)
-        if not callable(value) or name.startswith("__"):
-            return value
-
-        def call(*args: Any, **kwargs: Any) -> Any:
-            try:
-                return value(*args, **kwargs)
-            except RopekitError:
-                raise
-            except Exception as exc:
-                fam = self._family
-                raise PluginError(
-                    f"family '{fam.name}' of plugin '{fam.plugin}' failed in {name}() "
-                    f"({type(exc).__name__}: {exc}); report it to the plugin's authors or block it "
-                    "with ROPEKIT_DISABLE_PLUGINS"
-                ) from exc
-        return call
-
-    def __repr__(self) -> str:
-        return f"<guarded {self._family!r}>"
-
-
-def guarded(family: Family) -> Family:
-    """Wrap a family from a third-party plugin; built-ins pass through unchanged."""
-    from .manager import DEFAULT_PLUGINS
-
-    if family.plugin in DEFAULT_PLUGINS or isinstance(family, GuardedFamily):
-        return family
-    return GuardedFamily(family)  # type: ignore[return-value]
 

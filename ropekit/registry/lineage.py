@@ -78,6 +78,10 @@ def card_base_models(readme: Path) -> list[str]:
     return [b.strip() for b in bases if isinstance(b, str) and b.strip()]
 
 
+#: a model card larger than this is not read for lineage
+MAX_CARD_BYTES = 1024 * 1024
+
+
 def local_card_base_models(folder: Path) -> list[str]:
     """``base_model`` from a local model folder's README.md.
 
@@ -86,6 +90,8 @@ def local_card_base_models(folder: Path) -> list[str]:
     """
     readme = folder / README
     try:
+        if not readme.is_file() or readme.stat().st_size > MAX_CARD_BYTES:  # no FIFOs, no giant files
+            return []
         text = readme.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError):
         return []

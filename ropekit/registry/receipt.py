@@ -19,7 +19,7 @@ from typing import Any
 import rfc8785
 
 from .config_view import ConfigView, is_missing
-from .errors import InvalidConfigError, ReceiptMismatchError
+from .errors import InvalidConfigError, ReceiptMismatchError, ResolutionError
 
 SCHEMA = "ropekit.receipt/1"
 
@@ -28,6 +28,9 @@ def canonical_json(data: Any) -> bytes:
     """RFC 8785 (JCS) canonical bytes of a JSON-compatible value."""
     try:
         return rfc8785.dumps(data)
+    except RecursionError:
+        raise InvalidConfigError("config nests deeper than JSON can be written; pass the config.json "
+                                 "values") from None
     except (rfc8785.CanonicalizationError, TypeError, ValueError) as exc:
         raise InvalidConfigError(f"value cannot be written as canonical JSON ({exc}); remove NaN, "
                                  "Infinity or non-JSON values from the config") from None
@@ -47,6 +50,9 @@ def _json_safe(value: Any) -> Any:
     """Round-trip through json so tuples, numpy scalars and the like become plain JSON."""
     try:
         return json.loads(json.dumps(value, allow_nan=False, default=str))
+    except RecursionError:
+        raise InvalidConfigError("config nests deeper than JSON can be written; pass the config.json "
+                                 "values") from None
     except ValueError as exc:
         raise InvalidConfigError(f"config holds a value JSON cannot carry ({exc}); "
                                  "replace NaN or Infinity with a number") from None
@@ -86,15 +92,24 @@ class Receipt:
         return sha256_hex(canonical_json({k: v for k, v in self._data.items() if k != "manifest_sha256"}))
 
     def tampered_field(self) -> str | None:
-        """The first field whose content no longer matches its recorded hash, if any."""
+        """The field edited since the receipt was sealed, if any (``None`` when intact).
+
+        A value edit is named by its field (``long_context.factor``, ``changes[0]``); an
+        edit of the seals themselves is named ``fields_sha256`` or ``manifest_sha256``:
+        when the values still match the manifest, only the per-field hashes were touched.
+        """
         recorded = self._data.get("fields_sha256")
-        recorded = recorded if isinstance(recorded, dict) else {}
-        current = field_hashes({k: v for k, v in self._data.items() if k not in _SEALS})
-        for key in sorted(set(recorded) | set(current)):
-            if recorded.get(key) != current.get(key):
-                return key
-        if self.compute_manifest() != self._data.get("manifest_sha256"):
-            return "fields_sha256" if recorded else "manifest_sha256"
+        body = {k: v for k, v in self._data.items() if k not in _SEALS}
+        current = field_hashes(body)
+        sealed = sha256_hex(canonical_json({**body, "fields_sha256": current}))
+        values_intact = sealed == self._data.get("manifest_sha256")
+        if recorded != current:
+            if values_intact or not isinstance(recorded, dict):
+                return "fields_sha256"
+            return next((key for key in sorted(set(recorded) | set(current))
+                         if recorded.get(key) != current.get(key)), "fields_sha256")
+        if not values_intact:
+            return "manifest_sha256"
         return None
 
     def with_fields(self, **fields: Any) -> "Receipt":
@@ -108,21 +123,36 @@ class Receipt:
         return json.dumps(self._data, indent=2, sort_keys=True, allow_nan=False) + "\n"
 
     @classmethod
-    def from_json(cls, text: str | bytes) -> "Receipt":
-        try:
-            data = json.loads(text)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise InvalidConfigError(f"receipt is not valid JSON ({exc}); restore it from the patch output") from None
-        if not isinstance(data, dict) or data.get("schema") != SCHEMA or "manifest_sha256" not in data:
-            raise InvalidConfigError(f"file is not a ropekit receipt (expected schema {SCHEMA!r})")
+    def from_json(cls, text: str | bytes, *, where: str = "receipt") -> "Receipt":
+        """A receipt exactly as stored, parsed as strictly as config.json (see ``hub.parse_json``).
+
+        A receipt whose ``schema`` or one of its seals was edited or removed still loads, so
+        that verification names the edit; a file that was never a receipt is refused.
+        """
+        from .hub import parse_json
+
+        data = parse_json(text, where, "restore the receipt from the patch output or re-run the patch")
+        hashes = data.get("fields_sha256") if isinstance(data, dict) else None
+        sealed = isinstance(data, dict) and (
+            (data.get("schema") == SCHEMA and "manifest_sha256" in data)
+            or (isinstance(hashes, dict) and "schema" in hashes))  # a receipt with a seal or the schema edited
+        if not sealed:
+            raise InvalidConfigError(f"{where} is not a ropekit receipt (expected schema {SCHEMA!r} and a "
+                                     "manifest_sha256); pass the rope_receipt.json that ropekit patch wrote")
         return _as_loaded(data)
 
     @classmethod
     def load(cls, path: str | Path) -> "Receipt":
+        """Read a receipt file (at most ``hub.MAX_JSON_BYTES``, a regular file)."""
+        from .hub import read_bounded
+
         try:
-            return cls.from_json(Path(path).read_bytes())
-        except (FileNotFoundError, IsADirectoryError):
-            raise InvalidConfigError(f"no receipt at {path}; patch the model with ropekit first") from None
+            raw = read_bounded(Path(path), kind="rope_receipt.json")
+        except ResolutionError:
+            if not Path(path).is_file():
+                raise InvalidConfigError(f"no receipt at {path}; patch the model with ropekit first") from None
+            raise
+        return cls.from_json(raw, where=str(path))
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Receipt) and other._data == self._data
@@ -159,9 +189,13 @@ def _as_loaded(data: dict[str, Any]) -> Receipt:
 def verify_receipt(receipt: Receipt | dict[str, Any], config: Any) -> Receipt:
     """Check a receipt against a config; return it, or raise naming the first difference.
 
-    Raises :class:`ReceiptMismatchError` when a receipt field was edited, when a
-    recorded value differs in the config, or when the config differs anywhere
-    else from what was written.
+    Raises :class:`ReceiptMismatchError` when a receipt field was edited (naming it),
+    when a recorded value differs in the config (naming its key path), or when the
+    config differs anywhere else from what was written (naming the top-level field, or
+    ``field.key`` one level down). The config is compared as canonical JSON, so
+    whitespace, key order, escapes and ``4`` for ``4.0`` are not edits.
+    Raises :class:`InvalidConfigError` for a receipt whose seals hold but whose
+    fields verify cannot read (written by another schema or by hand).
     """
     if isinstance(receipt, dict):
         receipt = _as_loaded(receipt)
@@ -171,21 +205,25 @@ def verify_receipt(receipt: Receipt | dict[str, Any], config: Any) -> Receipt:
             f"receipt field {field!r} was edited after the receipt was written; "
             "re-run the patch to regenerate it"
         )
+    _check_readable(receipt)
     view = config if isinstance(config, ConfigView) else ConfigView(config)
     for change in receipt["changes"]:
         value = view.lookup_path(change["path"])
         dotted = ".".join(change["path"])
         if change.get("removed"):
             if not is_missing(value):
-                raise ReceiptMismatchError(f"{dotted} should be absent but is {value!r}")
+                raise ReceiptMismatchError(f"config field {dotted} should be absent but is {_shown(value)}; "
+                                           "re-run the patch or revert")
             continue
         if is_missing(value) or not _same(value, change["after"]):
-            found = "absent" if is_missing(value) else repr(value)
-            raise ReceiptMismatchError(f"{dotted} is {found}, receipt says {change['after']!r}")
+            found = "absent" if is_missing(value) else _shown(value)
+            raise ReceiptMismatchError(f"config field {dotted} is {found}, receipt says {_shown(change['after'])}; "
+                                       "re-run the patch or revert")
     expected = receipt["model"]["config_sha256_after"]
     found_sha = config_sha256(view)
     if expected != found_sha:
-        recorded = receipt.get("config_fields_sha256") or {}
+        recorded = receipt.get("config_fields_sha256")
+        recorded = recorded if isinstance(recorded, dict) else {}
         current = field_hashes(_json_safe(view.json_dict()))
         key = next((k for k in sorted(set(recorded) | set(current)) if recorded.get(k) != current.get(k)), None)
         raise ReceiptMismatchError(
@@ -193,6 +231,30 @@ def verify_receipt(receipt: Receipt | dict[str, Any], config: Any) -> Receipt:
             "re-run the patch or revert"
         )
     return receipt
+
+
+def _shown(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}..."
+
+
+def _check_readable(receipt: Receipt) -> None:
+    """Refuse, naming the field, a sealed receipt whose fields are not what verify reads."""
+    fix = "re-run ropekit patch to write a new receipt"
+    if receipt.get("schema") != SCHEMA:
+        raise InvalidConfigError(f"receipt schema {_shown(receipt.get('schema'))} is not {SCHEMA!r}; "
+                                 f"use the ropekit that wrote it, or {fix}")
+    model = receipt.get("model")
+    if not isinstance(model, dict) or not isinstance(model.get("config_sha256_after"), str):
+        raise InvalidConfigError(f"receipt field 'model.config_sha256_after' is missing or not a string; {fix}")
+    changes = receipt.get("changes")
+    if not isinstance(changes, list):
+        raise InvalidConfigError(f"receipt field 'changes' is {_shown(changes)}, not a list of changes; {fix}")
+    for i, change in enumerate(changes):
+        path = change.get("path") if isinstance(change, dict) else None
+        if not (isinstance(path, list) and path and all(isinstance(k, str) for k in path) and "after" in change):
+            raise InvalidConfigError(f"receipt field 'changes[{i}]' is {_shown(change)}, not a change "
+                                     f"(a path of keys and an after value); {fix}")
 
 
 def config_field_hashes(config: Any) -> dict[str, str]:
