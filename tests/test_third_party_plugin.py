@@ -3,7 +3,7 @@
 Nothing is installed: the test writes a ``*.dist-info`` folder (METADATA and
 entry_points.txt) and the plugin module onto a temporary ``sys.path`` entry, which is
 exactly what ``importlib.metadata`` and pluggy read for an installed package. The
-plugin's source is the example in docs/writing-a-plugin.md, so the walkthrough and the
+plugin's source is the example in the README, so the walkthrough and the
 test cannot drift apart.
 """
 
@@ -21,7 +21,7 @@ from ropekit.registry import families, get_registry, lookup, reset_registry
 from ropekit.registry.errors import UnknownFamilyError
 
 MODULE = "acme_rope_granite"
-DOC = ROOT / "docs" / "writing-a-plugin.md"
+DOC = ROOT / "README.md"
 
 
 def example_plugin_source() -> str:
