@@ -300,9 +300,10 @@ def _verify_folder(path: Path, *, registry: Registry | None) -> LandingReport:
 def skeleton_with_rotaries(config_dict: dict[str, Any]) -> Any:
     """A model skeleton on the meta device whose rotary modules are real (built on CPU).
 
-    No weights are allocated: every layer lives on the meta device except the
-    rotary modules, which are rebuilt from their configs exactly as transformers
-    builds them.
+    No weights are allocated: the skeleton keeps one decoder layer per layer type
+    (rotary modules do not depend on depth or expert count) and lives on the meta
+    device; its rotary modules are then rebuilt, on the CPU, from the full config,
+    exactly as transformers builds them. ``model.config`` is the full config.
     """
     import torch
     from transformers import AutoConfig
@@ -311,16 +312,39 @@ def skeleton_with_rotaries(config_dict: dict[str, Any]) -> Any:
     model_type = data.get("model_type")
     try:
         config = AutoConfig.for_model(**data)
-    except (KeyError, ValueError) as exc:
+        shallow = AutoConfig.for_model(**_one_layer_per_type(data))
+    except (KeyError, ValueError, TypeError) as exc:
         raise InvalidConfigError(f"the installed transformers cannot build model_type {model_type!r} ({exc}); "
                                  "upgrade transformers or check the config") from None
-    model_class = _model_class_for(config)
     with torch.device("meta"):
-        model = model_class._from_config(config)
+        model = _model_class_for(config)._from_config(shallow)
+    model.config = config
     from .live import rebuild_rotaries
 
-    rebuild_rotaries(model, device=torch.device("cpu"))
+    full_text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    shallow_text = shallow.get_text_config() if hasattr(shallow, "get_text_config") else shallow
+    rebuild_rotaries(model, device=torch.device("cpu"), swap=(shallow_text, full_text))
     return model
+
+
+def _one_layer_per_type(data: dict[str, Any]) -> dict[str, Any]:
+    """The config with as few decoder layers as keep every layer type (for a fast skeleton)."""
+    import copy
+
+    out = copy.deepcopy(data)
+    text = out["text_config"] if isinstance(out.get("text_config"), dict) else out
+    layers = text.get("num_hidden_layers")
+    if not isinstance(layers, int) or isinstance(layers, bool) or layers <= 1:
+        return out
+    types = text.get("layer_types")
+    if isinstance(types, list) and types:
+        distinct = list(dict.fromkeys(types))
+        text["layer_types"], text["num_hidden_layers"] = distinct, len(distinct)
+    elif "sliding_window_pattern" in text or "sliding_window" in text and text.get("model_type", "").startswith("gemma"):
+        return out  # layer types derived from a pattern: keep the depth
+    else:
+        text["num_hidden_layers"] = 1
+    return out
 
 
 def _model_class_for(config: Any) -> Any:

@@ -51,17 +51,20 @@ def patch_model(model: Any, request: LongContextConfig, *, registry: Registry | 
         raise
 
 
-def rebuild_rotaries(model: Any, device: Any = None) -> list[str]:
+def rebuild_rotaries(model: Any, device: Any = None, swap: tuple[Any, Any] | None = None) -> list[str]:
     """Rebuild every rotary module of the language tower from the config it holds.
 
     Buffers are built in fp32 (as transformers does) and moved to the old module's
-    device (or ``device``) without changing their dtype. Returns the rebuilt names.
+    device (or ``device``) without changing their dtype. ``swap=(old, new)`` rebuilds
+    modules that hold config ``old`` from ``new`` instead. Returns the rebuilt names.
     """
     import torch
 
     rebuilt = []
     for name, parent, attr, old in list(rotary_modules(model)):
         config = getattr(old, "config", None)
+        if swap is not None and config is swap[0]:
+            config = swap[1]
         if config is None:
             config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
         with torch.device("cpu"):
