@@ -52,7 +52,6 @@ def plain_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 def key_values(pairs: Iterable[tuple[str, Any]], title: str | None = None) -> Any:
     """A two-column table of labels and values."""
-    from rich import box
     from rich.table import Table
 
     out = Table(title=title, box=None, show_header=False, title_justify="left", pad_edge=False)

@@ -14,7 +14,7 @@ import platform
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from .config_view import Change, ConfigView, RopeSite, _MISSING
+from .config_view import _MISSING, Change, ConfigView, RopeSite
 from .errors import (
     CompoundingError, InvalidRequestError, UnstableFactorError, WindowMismatchError,
 )
@@ -175,10 +175,9 @@ def plan_config(target: Any, request: LongContextConfig, *, registry: Registry |
             )
         policy = request.on_existing
         if policy == "replace":
-            total = requested
             warnings.append(f"dropping shipped {existing.rope_type} x{existing.factor:g}; "
                             f"{method.name} x{total:g} replaces it")
-    original = base_window if existing else native
+    original = base_window
 
     if total > method.stable_max_factor and not request.allow_unstable:
         raise UnstableFactorError(
@@ -194,38 +193,14 @@ def plan_config(target: Any, request: LongContextConfig, *, registry: Registry |
     max_positions = None
     containers_done: set[tuple[str, ...]] = set()
     for site in sites:
-        raw = view.read_rope(site)
-        rope = fam.rope(view, site)
-        req = MethodRequest(total, original, fam.rotary_dim(view, site), rope["rope_theta"],
+        req = MethodRequest(total, original, fam.rotary_dim(view, site), fam.rope(view, site)["rope_theta"],
                             request.beta_fast, request.beta_slow, request.attn_factor)
-        updates = method.rope_updates(req, rope)
-        removals: set[str] = set()
-        if policy in ("compound", "replace") and rope["rope_type"] not in UNSCALED_TYPES:
-            removals = {k for k in raw if k in SCALING_KEYS and k not in fam.preserve_keys and k not in updates}
-            updates.setdefault("rope_type", method.rope_type or "default")
-        if "rope_type" in updates and "type" in raw:
-            removals.add("type")  # a stale legacy key would contradict rope_type
-        for key, value in updates.items():
-            before = raw.get(key, _MISSING)
-            if before is _MISSING or before != value or type(before) is not type(value):
-                changes.append(Change(site.path, view.rope_key(site, key), before, value))
-        for key in sorted(removals):
-            changes.append(Change(site.path, view.rope_key(site, key), raw[key], None, removed=True))
-        final = {k: v for k, v in {**rope, **updates}.items() if k not in removals}
-        final_ropes[site.label] = final
-
+        site_changes, final_ropes[site.label] = _rope_changes(view, fam, site, method, req, policy)
+        changes += site_changes
         if site.path not in containers_done:
             containers_done.add(site.path)
             max_positions = method.config_max_position_embeddings(req)
-            container_values = {"max_position_embeddings": max_positions, **fam.extra_changes(view, site, method.name)}
-            node = view.node(site.path)
-            for key, value in container_values.items():
-                present = view.has_in(node, key)
-                if not present and site is not primary and key == "max_position_embeddings":
-                    continue  # a wrapper level that never carried it
-                before = view.get_in(node, key) if present else _MISSING
-                if before != value:
-                    changes.append(Change(site.path, (key,), before, value))
+            changes += _container_changes(view, fam, site, method, max_positions, primary=site is primary)
 
     if not view.is_dict:  # the installed transformers will read this object
         check_transformers_support(final_ropes[primary.label], int(max_positions))
@@ -236,6 +211,45 @@ def plan_config(target: Any, request: LongContextConfig, *, registry: Registry |
         final_ropes=final_ropes, config_max_position_embeddings=int(max_positions),
         warnings=warnings,
     )
+
+
+def _rope_changes(view: ConfigView, fam: Family, site: RopeSite, method: ScalingMethod, req: MethodRequest,
+                  policy: str) -> tuple[list[Change], dict[str, Any]]:
+    """The changes to one rope dict, and the normalized dict they leave."""
+    raw = view.read_rope(site)
+    rope = fam.rope(view, site)
+    updates = method.rope_updates(req, rope)
+    removals: set[str] = set()
+    if policy in ("compound", "replace") and rope["rope_type"] not in UNSCALED_TYPES:
+        removals = {k for k in raw if k in SCALING_KEYS and k not in fam.preserve_keys and k not in updates}
+        updates.setdefault("rope_type", method.rope_type or "default")
+    if "rope_type" in updates and "type" in raw:
+        removals.add("type")  # a stale legacy key would contradict rope_type
+    changes = []
+    for key, value in updates.items():
+        before = raw.get(key, _MISSING)
+        if before is _MISSING or before != value or type(before) is not type(value):
+            changes.append(Change(site.path, view.rope_key(site, key), before, value))
+    for key in sorted(removals):
+        changes.append(Change(site.path, view.rope_key(site, key), raw[key], None, removed=True))
+    final = {k: v for k, v in {**rope, **updates}.items() if k not in removals}
+    return changes, final
+
+
+def _container_changes(view: ConfigView, fam: Family, site: RopeSite, method: ScalingMethod,
+                       max_positions: int, primary: bool) -> list[Change]:
+    """max_position_embeddings and the family's extra values at the site's container."""
+    values = {"max_position_embeddings": max_positions, **fam.extra_changes(view, site, method.name)}
+    node = view.node(site.path)
+    changes = []
+    for key, value in values.items():
+        present = view.has_in(node, key)
+        if not present and not primary and key == "max_position_embeddings":
+            continue  # a wrapper level that never carried it
+        before = view.get_in(node, key) if present else _MISSING
+        if before != value:
+            changes.append(Change(site.path, (key,), before, value))
+    return changes
 
 
 def apply_config(target: Any, request: LongContextConfig, *, registry: Registry | None = None,
