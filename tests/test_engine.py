@@ -195,3 +195,40 @@ def test_a_transformers_config_is_restored_when_refused(fixture_config):
     with pytest.raises(CompoundingError):
         apply_rope_scaling(config, LongContextConfig(**YARN4))
     assert config.to_dict() == before
+
+
+@pytest.mark.parametrize("mutate, method, error, names", [
+    (lambda c: c.__setitem__("head_dim", 2), "ntk", InvalidConfigError, "rotary dimension 2"),
+    (lambda c: c.__setitem__("partial_rotary_factor", 0.01), "yarn", InvalidConfigError, "rotary dimension 1"),
+    (lambda c: c.__setitem__("rope_theta", 1), "yarn", InvalidConfigError, "rope_theta is 1"),
+    (lambda c: c.__setitem__("rope_theta", 1e308), "ntk", InvalidRequestError, "inf"),
+    (lambda c: c.__setitem__("rope_scaling", {"rope_type": ["yarn"], "factor": 4.0}), "yarn",
+     InvalidConfigError, "rope_type"),
+    (lambda c: c.__setitem__("rope_parameters", {"full_attention": {"rope_type": "default"}, "factor": 2.0}),
+     "yarn", InvalidConfigError, "mixes per-layer-type"),
+])
+def test_degenerate_rope_values_are_refused_by_name(fixture_config, mutate, method, error, names):
+    cfg = fixture_config(LLAMA3)
+    mutate(cfg)
+    before = copy.deepcopy(cfg)
+    with pytest.raises(error, match=names):
+        apply_rope_scaling(cfg, LongContextConfig(method=method, factor=2.0))
+    assert cfg == before
+
+
+def test_a_vlm_wrapper_never_patches_its_top_level(fixture_config):
+    cfg = fixture_config("llava-hf__llava-1.5-7b-hf")
+    cfg["max_position_embeddings"] = 4096  # a stray top-level copy some exports carry
+    receipt = apply_rope_scaling(cfg, LongContextConfig(method="yarn", factor=4.0))
+    assert cfg["max_position_embeddings"] == 4096 and "rope_scaling" not in cfg
+    assert receipt["sites"] == ["text_config.rope_scaling"]
+    assert cfg["text_config"]["max_position_embeddings"] == 16384
+
+
+@pytest.mark.parametrize("ref", [123, "", "   "])
+def test_resolve_refuses_empty_or_non_string_references(ref):
+    from ropekit import resolve
+    from ropekit.registry.errors import ResolutionError
+
+    with pytest.raises(ResolutionError, match="empty or not a string"):
+        resolve(ref)

@@ -53,7 +53,7 @@ def _load_commands() -> None:
 
 def emit_json(data: Any) -> None:
     """Print machine-readable output (``--json``)."""
-    click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
+    click.echo(json.dumps(data, indent=2, sort_keys=True, default=str, allow_nan=False))
 
 
 def _split_debug(args: list[str]) -> tuple[list[str], bool]:

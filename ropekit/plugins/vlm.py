@@ -84,6 +84,7 @@ class VisionLanguageFamily(Family):
         # the language model's config class assumes for the values a diff left out
         adapted = copy.copy(inner)
         adapted.text_config_keys = (key,)  # type: ignore[misc]
+        adapted.top_level_sites = False  # type: ignore[misc]
         adapted.config_defaults = MappingProxyType({**defaults, **inner.config_defaults})  # type: ignore[misc]
         return adapted
 

@@ -139,8 +139,15 @@ class ConfigView:
     def layer_types(self, path: tuple[str, ...]) -> list[str] | None:
         """Layer types of a nested per-layer-type rope_parameters dict, else None."""
         params = self.get(path, PARAMETERS)
-        if isinstance(params, dict) and params and all(isinstance(v, dict) for v in params.values()):
+        if not isinstance(params, dict) or not params:
+            return None
+        nested = [isinstance(v, dict) for v in params.values()]
+        if all(nested):
             return list(params)
+        if any(nested):
+            where = ".".join([*path, PARAMETERS])
+            raise InvalidConfigError(f"{where} mixes per-layer-type objects with plain keys; expected either "
+                                     "{layer_type: {...}} for every entry or one flat dict; fix the config.json")
         return None
 
     def read_rope(self, site: RopeSite) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import importlib.metadata
+import math
 import platform
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -219,6 +220,11 @@ def _rope_changes(view: ConfigView, fam: Family, site: RopeSite, method: Scaling
     raw = view.read_rope(site)
     rope = fam.rope(view, site)
     updates = method.rope_updates(req, rope)
+    for key, value in updates.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise InvalidRequestError(
+                f"{method.name} x{req.factor:g} on rope_theta {rope['rope_theta']:g} gives {key} = {value}; "
+                "lower the factor or choose another method")
     removals: set[str] = set()
     if policy in ("compound", "replace") and rope["rope_type"] not in UNSCALED_TYPES:
         removals = {k for k in raw if k in SCALING_KEYS and k not in fam.preserve_keys and k not in updates}

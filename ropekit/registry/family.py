@@ -60,6 +60,8 @@ class Family:
     model_types: ClassVar[tuple[str, ...]]
     #: sub-configs that hold the language model's settings
     text_config_keys: ClassVar[tuple[str, ...]] = ("text_config",)
+    #: whether the top level can hold rope settings too (a VLM wrapper's never does)
+    top_level_sites: ClassVar[bool] = True
     #: rope keys a patch must carry over even when it replaces the scaling type
     preserve_keys: ClassVar[frozenset[str]] = frozenset({
         "mrope_section", "mrope_interleaved", "truncate", "mscale", "mscale_all_dim",
@@ -92,7 +94,8 @@ class Family:
     def rope_sites(self, view: ConfigView) -> list[RopeSite]:
         """Every rope dict a patch must touch; the language model's comes last."""
         sites: list[RopeSite] = []
-        paths = [()] + [(key,) for key in self.text_config_keys if view.node((key,)) is not None]
+        paths = ([()] if self.top_level_sites else []) + \
+            [(key,) for key in self.text_config_keys if view.node((key,)) is not None]
         for path in paths:
             layout = view.layout(path)
             if layout is None:
@@ -118,7 +121,15 @@ class Family:
         rope = view.read_rope(site)
         if rope.get("rope_theta") is None:
             rope["rope_theta"] = self.default_rope_theta
-        rope["rope_theta"] = positive_float(rope["rope_theta"], f"{site.label}.rope_theta")
+        where = ".".join([*site.path, *view.rope_key(site, "rope_theta")])
+        rope["rope_theta"] = positive_float(rope["rope_theta"], where)
+        if rope["rope_theta"] <= 1:
+            raise InvalidConfigError(f"{where} is {rope['rope_theta']!r}; expected a RoPE base above 1 "
+                                     "(10000 for Llama 2, 500000 for Llama 3); fix the config.json")
+        declared = rope.get("rope_type") or rope.get("type") or "default"
+        if not isinstance(declared, str):
+            raise InvalidConfigError(f"{site.label}.rope_type is {declared!r}; expected a string such as "
+                                     "'default', 'linear' or 'yarn'; fix the config.json")
         rope["rope_type"] = rope_type_of(rope)
         return rope
 
@@ -198,7 +209,12 @@ class Family:
         rope = view.read_rope(site)
         partial = rope.get("partial_rotary_factor", self.setting(view, site, "partial_rotary_factor"))
         partial = 1.0 if partial is None else positive_float(partial, "partial_rotary_factor")
-        return int(head_dim * partial)
+        dim = int(head_dim * partial)
+        if dim < 4 or dim % 2:
+            raise InvalidConfigError(
+                f"rotary dimension {dim} (head_dim {head_dim} x partial_rotary_factor {partial:g}) is not an "
+                "even number of at least 4; fix head_dim or partial_rotary_factor in the config.json")
+        return dim
 
     # --- what a patch may do ----------------------------------------------------------
     def check_method(self, method: str) -> None:

@@ -423,7 +423,7 @@ def resolve_hub_id(repo_id: str, revision: str | None = None) -> ResolvedConfig:
             raise ResolutionError(f"{exc} (the bundled catalog holds {entry.model_id} unpinned: drop "
                                   "the revision to use it)") from None
         return _from_catalog(entry, f"no Hub or cache copy ({exc}); answered from the bundled catalog")
-    source = "cache" if constants.hf_hub_offline() else "hub"
+    source = "cache" if constants.hf_hub_offline() or not hub_resolvable(_endpoint()) else "hub"
     return ResolvedConfig(read_config_file(file), model_id=repo_id, revision=_commit_of(file), source=source,
                           path=file, requested_revision=revision)
 
@@ -497,6 +497,9 @@ def resolve(ref: str | Path, revision: str | None = None, *, lineage: bool = Tru
     :param lineage: follow ``base_model`` in model cards (up to three hops) and set
         ``inherited`` when an ancestor ships scaling or was trained longer.
     """
+    if not isinstance(ref, (str, Path)) or not str(ref).strip():
+        raise ResolutionError(f"model reference {ref!r} is empty or not a string; pass a folder, a "
+                              "config.json path or a Hub id such as Qwen/Qwen2.5-7B-Instruct")
     if revision is not None:
         validate_revision(revision)
     try:

@@ -340,7 +340,8 @@ def _one_layer_per_type(data: dict[str, Any]) -> dict[str, Any]:
     if isinstance(types, list) and types:
         distinct = list(dict.fromkeys(types))
         text["layer_types"], text["num_hidden_layers"] = distinct, len(distinct)
-    elif "sliding_window_pattern" in text or "sliding_window" in text and text.get("model_type", "").startswith("gemma"):
+    elif "sliding_window_pattern" in text or (
+            "sliding_window" in text and str(text.get("model_type") or "").startswith("gemma")):
         return out  # layer types derived from a pattern: keep the depth
     else:
         text["num_hidden_layers"] = 1

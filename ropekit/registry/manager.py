@@ -166,7 +166,6 @@ class Registry:
         if methods is not None and (isinstance(methods, str) or not all(isinstance(m, str) for m in methods)):
             raise TypeError(f"family {family.name!r} declares methods {_repr(methods)}; expected None or a "
                             "tuple of method names")
-        family.plugin, family.version = plugin, version
         if family.name in self.families_by_name:
             other = self.families_by_name[family.name].plugin
             raise PluginError(
@@ -180,6 +179,7 @@ class Registry:
                     f"model_type '{model_type}' is claimed by both '{other}' and '{plugin}'; "
                     "block one with ROPEKIT_DISABLE_PLUGINS"
                 )
+        family.plugin, family.version = plugin, version
         if plugin not in DEFAULT_PLUGINS:  # a built-in's crash is a ropekit bug and must show as one
             _guard(family, "family", _FAMILY_CALLS)
         self.families_by_name[family.name] = family
