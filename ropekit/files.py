@@ -34,7 +34,6 @@ for config.json, rope_receipt.json and config.json.ropekit-orig.
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import os
 import re
@@ -52,7 +51,7 @@ from ropekit.registry.errors import (
 )
 from ropekit.registry.hub import ResolvedConfig, read_bounded, read_config_file
 from ropekit.registry.long_context import LongContextConfig
-from ropekit.registry.receipt import Receipt, verify_receipt
+from ropekit.registry.receipt import Receipt, sha256_hex, verify_receipt
 
 CONFIG_FILENAME = "config.json"
 
@@ -64,10 +63,6 @@ MAX_COMPANION_BYTES = 64 * 1024 * 1024
 
 
 # --- atomic files -------------------------------------------------------------------------
-
-def sha256_bytes(data: bytes) -> str:
-    """sha256 hex digest of raw bytes (the receipt's file hashes)."""
-    return hashlib.sha256(data).hexdigest()
 
 
 #: test hook (see the module docstring): the step at which to pause, read at call time
@@ -220,12 +215,12 @@ def patch_folder(resolved: ResolvedConfig, request: LongContextConfig, *, out: P
         folder = Path(out)  # type: ignore[arg-type]
         _check_out_folder(folder, resolved)
 
-    model = {**resolved.receipt_model(), "file_sha256_before": sha256_bytes(original) if original else None}
+    model = {**resolved.receipt_model(), "file_sha256_before": sha256_hex(original) if original else None}
     plan, receipt = apply_config(config, request, family=family, inherited=resolved.inherited, model=model)
     patched = dump_like(config, original)
     layout = {"config": CONFIG_FILENAME, "mode": "in-place" if in_place else "out",
              "backup": BACKUP_FILENAME if in_place else None}
-    receipt = receipt.with_fields(model={**receipt["model"], "file_sha256_after": sha256_bytes(patched)},
+    receipt = receipt.with_fields(model={**receipt["model"], "file_sha256_after": sha256_hex(patched)},
                                   files=layout)
     result = PatchResult(plan, receipt, folder, in_place, folder / CONFIG_FILENAME, folder / RECEIPT_FILENAME)
     if in_place:
@@ -429,7 +424,7 @@ def revert_folder(target: Path, *, force: bool = False) -> RevertResult:
             removed.append(path.name)
     removed += remove_stale_temp_files(folder)
     _fsync_dir(folder)
-    return RevertResult(folder, sha256_bytes(original), removed)
+    return RevertResult(folder, sha256_hex(original), removed)
 
 
 def _current_config(config_path: Path, force: bool) -> bytes | None:
@@ -455,12 +450,12 @@ def _check_revertible(receipt: Receipt, original: bytes, current: bytes | None, 
     model = receipt.get("model")
     model = model if isinstance(model, dict) else {}
     before, after = model.get("file_sha256_before"), model.get("file_sha256_after")
-    if before and sha256_bytes(original) != before:
+    if before and sha256_hex(original) != before:
         raise ReceiptMismatchError(
             f"{BACKUP_FILENAME} in {folder} is not the file the receipt recorded (sha256 {before[:12]}...); "
             "it was changed after the patch; pass --force to restore it anyway"
         )
-    if after and current is not None and sha256_bytes(current) != after:
+    if after and current is not None and sha256_hex(current) != after:
         raise ReceiptMismatchError(
             f"{CONFIG_FILENAME} in {folder} was edited after the patch; reverting would discard those edits; "
             "pass --force to restore the original anyway"

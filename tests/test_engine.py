@@ -79,7 +79,7 @@ def test_llama31_compound_gives_yarn_x32_from_8192(fixture_config):
     assert rope["original_max_position_embeddings"] == 8192
     assert cfg["max_position_embeddings"] == 262144
     assert "low_freq_factor" not in rope and "high_freq_factor" not in rope
-    assert receipt["policy"] == {"on_existing": "compound", "applied": "compound"}
+    assert receipt["policy"] == {"on_existing": "compound", "applied": "compound", "requested_factor": 4.0}
     assert receipt["existing_scaling"]["rope_type"] == "llama3"
 
 

@@ -65,7 +65,7 @@ def test_receipt_records_sites_changes_policy_versions():
     assert changes[("max_position_embeddings",)] == {"path": ["max_position_embeddings"], "before": 131072,
                                                       "after": 262144}
     assert receipt["existing_scaling"]["rope_type"] == "llama3"
-    assert receipt["policy"] == {"on_existing": "compound", "applied": "compound"}
+    assert receipt["policy"] == {"on_existing": "compound", "applied": "compound", "requested_factor": 4.0}
     assert set(receipt["versions"]) == {"ropekit", "transformers", "python"}
     assert receipt["family"]["name"] == "llama"
 

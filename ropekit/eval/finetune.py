@@ -58,11 +58,10 @@ class FinetuneRequest:
         check_methods([self.method])
 
     def learning_rate(self, step: int) -> float:
+        from ropekit.eval.train_reference import warmup_cosine
+
         warmup = min(self.warmup_steps, max(1, self.steps // 10))
-        if step < warmup:
-            return self.lr * (step + 1) / warmup
-        progress = (step - warmup) / max(1, self.steps - warmup)
-        return self.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+        return warmup_cosine(self.lr, step, self.steps, warmup, 0.1)
 
 
 def finetune(model: LoadedModel, request: FinetuneRequest,

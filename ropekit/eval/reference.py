@@ -9,11 +9,11 @@ it measured). ``python -m ropekit.eval.train_reference`` rebuilds all three.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+from ropekit.files import atomic_write
 
 REFERENCE_DIR = Path(__file__).resolve().parent / "reference"
 WEIGHTS_FILE = "model.safetensors"
@@ -88,18 +88,6 @@ def save_reference(model: Any, config: dict[str, Any], metadata: dict[str, Any],
     tensors = {k: v.detach().to("cpu").half().contiguous() for k, v in sorted(state.items())}
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    _write_atomic(folder / WEIGHTS_FILE, save_bytes(tensors, metadata={"format": "pt"}))
-    _write_atomic(folder / "config.json", (json.dumps(config, indent=2) + "\n").encode())
-    _write_atomic(folder / METADATA_FILE, (json.dumps(metadata, indent=2) + "\n").encode())
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(folder / WEIGHTS_FILE, save_bytes(tensors, metadata={"format": "pt"}))
+    atomic_write(folder / "config.json", (json.dumps(config, indent=2) + "\n").encode())
+    atomic_write(folder / METADATA_FILE, (json.dumps(metadata, indent=2) + "\n").encode())

@@ -48,12 +48,17 @@ class TrainSpec:
     eval_every: int = 50
 
 
+def warmup_cosine(peak: float, step: int, steps: int, warmup: int, floor: float) -> float:
+    """Linear warmup over ``warmup`` steps, then cosine decay to ``floor * peak`` at the last step."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, steps - warmup)
+    return peak * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
 def learning_rate(spec: TrainSpec, step: int) -> float:
-    """Linear warmup over ``warmup_steps``, then cosine decay to ``min_lr_ratio * lr`` at the last step."""
-    if step < spec.warmup_steps:
-        return spec.lr * (step + 1) / spec.warmup_steps
-    progress = (step - spec.warmup_steps) / max(1, spec.steps - spec.warmup_steps)
-    return spec.lr * (spec.min_lr_ratio + (1 - spec.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+    """The reference model's schedule: :func:`warmup_cosine` with the spec's settings."""
+    return warmup_cosine(spec.lr, step, spec.steps, spec.warmup_steps, spec.min_lr_ratio)
 
 
 def heldout_loss(model: Any, window: int, n_tokens: int) -> float:

@@ -52,10 +52,6 @@ class Change:
     def path(self) -> tuple[str, ...]:
         return (*self.container, *self.key)
 
-    @property
-    def dotted(self) -> str:
-        return ".".join(self.path)
-
     def to_json(self) -> dict[str, Any]:
         out = {"path": list(self.path), "before": _jsonable(self.before), "after": _jsonable(self.after)}
         if self.removed:

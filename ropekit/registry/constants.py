@@ -7,9 +7,18 @@ import os
 ENTRY_POINT_GROUP = "ropekit"
 RECEIPT_FILENAME = "rope_receipt.json"
 BACKUP_FILENAME = "config.json.ropekit-orig"
-RECEIPT_SCHEMA = 1
 
 _TRUE = {"1", "true", "yes", "on"}
+
+
+def dist_version(name: str) -> str | None:
+    """The installed version of a distribution (metadata only: nothing is imported), or None."""
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 def _env_list(name: str) -> list[str]:

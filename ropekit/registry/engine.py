@@ -9,13 +9,13 @@ applies a plan's changes all together or not at all.
 from __future__ import annotations
 
 import copy
-import importlib.metadata
 import math
 import platform
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from .config_view import _MISSING, Change, ConfigView, RopeSite
+from .constants import dist_version
 from .errors import (
     CompoundingError, InvalidRequestError, UnstableFactorError, WindowMismatchError,
 )
@@ -92,7 +92,8 @@ class Plan:
             "native_window": self.native_window,
             "rotary_dim": self.rotary_dim,
             "existing_scaling": self.existing.to_json() if self.existing else None,
-            "policy": {"on_existing": self.request.on_existing, "applied": self.policy},
+            "policy": {"on_existing": self.request.on_existing, "applied": self.policy,
+                       "requested_factor": float(self.requested_factor)},
             "sites": [s.label for s in self.sites],
             "changes": [c.to_json() for c in self.changes],
             "warnings": list(self.warnings),
@@ -194,9 +195,10 @@ def plan_config(target: Any, request: LongContextConfig, *, registry: Registry |
     max_positions = None
     containers_done: set[tuple[str, ...]] = set()
     for site in sites:
-        req = MethodRequest(total, original, fam.rotary_dim(view, site), fam.rope(view, site)["rope_theta"],
+        rope = fam.rope(view, site)
+        req = MethodRequest(total, original, fam.rotary_dim(view, site), rope["rope_theta"],
                             request.beta_fast, request.beta_slow, request.attn_factor)
-        site_changes, final_ropes[site.label] = _rope_changes(view, fam, site, method, req, policy)
+        site_changes, final_ropes[site.label] = _rope_changes(view, fam, site, rope, method, req, policy)
         changes += site_changes
         if site.path not in containers_done:
             containers_done.add(site.path)
@@ -214,11 +216,10 @@ def plan_config(target: Any, request: LongContextConfig, *, registry: Registry |
     )
 
 
-def _rope_changes(view: ConfigView, fam: Family, site: RopeSite, method: ScalingMethod, req: MethodRequest,
-                  policy: str) -> tuple[list[Change], dict[str, Any]]:
-    """The changes to one rope dict, and the normalized dict they leave."""
+def _rope_changes(view: ConfigView, fam: Family, site: RopeSite, rope: dict[str, Any], method: ScalingMethod,
+                  req: MethodRequest, policy: str) -> tuple[list[Change], dict[str, Any]]:
+    """The changes to one rope dict (``rope``: its normalized form), and the dict they leave."""
     raw = view.read_rope(site)
-    rope = fam.rope(view, site)
     updates = method.rope_updates(req, rope)
     for key, value in updates.items():
         if isinstance(value, float) and not math.isfinite(value):
@@ -301,20 +302,18 @@ def build_receipt(plan: Plan, view: ConfigView, before: str, after: str, model: 
 
 def versions() -> dict[str, str | None]:
     """Library versions recorded in receipts (metadata only: nothing heavy is imported)."""
-    def version(dist: str) -> str | None:
-        try:
-            return importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            return None
-    return {"ropekit": version("ropekit"), "transformers": version("transformers"),
+    return {"ropekit": dist_version("ropekit"), "transformers": dist_version("transformers"),
             "python": platform.python_version()}
 
 
 def _snapshot(view: ConfigView, changes: list[Change]) -> list[tuple[Any, str, Any]]:
-    saved = []
+    saved, seen = [], set()
     for change in changes:
         node = view.node(change.container)
         key = change.key[0]
+        if (id(node), key) in seen:
+            continue
+        seen.add((id(node), key))
         value = copy.deepcopy(view.get_in(node, key)) if view.has_in(node, key) else _MISSING
         saved.append((node, key, value))
     return saved

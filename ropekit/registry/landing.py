@@ -10,16 +10,17 @@ config alone (the model skeleton on the meta device finds them; no weights).
 
 from __future__ import annotations
 
-import importlib.metadata
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+from . import constants
 from .config_view import ConfigView, RopeSite
 from .errors import InvalidConfigError, LandingError, TransformersVersionError
 from .manager import Registry, get_registry
 from .methods import closed_form
+from .receipt import same_value
 
 TOLERANCE = 1e-6
 
@@ -100,10 +101,7 @@ class LandingReport:
 
 
 def transformers_version() -> str | None:
-    try:
-        return importlib.metadata.version("transformers")
-    except importlib.metadata.PackageNotFoundError:
-        return None
+    return constants.dist_version("transformers")
 
 
 def _version_tuple(version: str) -> tuple[int, int, int]:
@@ -223,21 +221,15 @@ def _receipt_problems(receipt: Any, family: Any, view: ConfigView, primary: Rope
         if rest and rest[0] in ("rope_scaling", "rope_parameters") or key == "rope_theta":
             if rest[1:] and primary.layer_type and rest[1:] != [primary.layer_type]:
                 continue
-            found = rope.get(key) if key in rope else None
+            found = rope.get(key)
             wanted = None if change.get("removed") else change["after"]
         elif not rest:
             found, wanted = view.get(primary.path, key), change["after"]
         else:
             continue
-        if not _same_value(found, wanted):
+        if not same_value(found, wanted, rel_tol=1e-9):
             problems.append(f"the config the model holds has {key} = {found!r}, the receipt says {wanted!r}")
     return problems
-
-
-def _same_value(a: Any, b: Any) -> bool:
-    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
-        return math.isclose(float(a), float(b), rel_tol=1e-9)
-    return a == b
 
 
 def _check_module(name: str, module: Any, view: ConfigView, family: Any, primary: RopeSite,

@@ -94,10 +94,7 @@ def plugin_version(pm: pluggy.PluginManager, plugin: object) -> str:
     for plugin_obj, dist in pm.list_plugin_distinfo():
         if plugin_obj is plugin:
             return str(dist.version)
-    try:
-        return importlib.metadata.version("ropekit")
-    except importlib.metadata.PackageNotFoundError:
-        return "0+unknown"
+    return constants.dist_version("ropekit") or "0+unknown"
 
 
 @dataclass

@@ -215,7 +215,7 @@ def verify_receipt(receipt: Receipt | dict[str, Any], config: Any) -> Receipt:
                 raise ReceiptMismatchError(f"config field {dotted} should be absent but is {_shown(value)}; "
                                            "re-run the patch or revert")
             continue
-        if is_missing(value) or not _same(value, change["after"]):
+        if is_missing(value) or not same_value(value, change["after"]):
             found = "absent" if is_missing(value) else _shown(value)
             raise ReceiptMismatchError(f"config field {dotted} is {found}, receipt says {_shown(change['after'])}; "
                                        "re-run the patch or revert")
@@ -263,7 +263,8 @@ def config_field_hashes(config: Any) -> dict[str, str]:
     return field_hashes(_json_safe(view.json_dict()))
 
 
-def _same(a: Any, b: Any) -> bool:
+def same_value(a: Any, b: Any, rel_tol: float = 1e-12) -> bool:
+    """Equal, with numbers compared to a relative tolerance (4 and 4.0 are the same value)."""
     if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
-        return math.isclose(float(a), float(b), rel_tol=1e-12, abs_tol=0.0)
+        return math.isclose(float(a), float(b), rel_tol=rel_tol, abs_tol=0.0)
     return bool(a == b)
