@@ -20,7 +20,7 @@ from ropekit.cli import emit_json, render
 from ropekit.registry import families as registry_families
 from ropekit.registry import get_registry
 from ropekit.registry.config_view import ConfigView
-from ropekit.registry.engine import Plan, plan_config
+from ropekit.registry.engine import Plan, locate, plan_config
 from ropekit.registry.errors import PolicyError, RopekitError, VerificationError
 from ropekit.registry.family import ShippedScaling
 from ropekit.registry.hub import ResolvedConfig
@@ -96,12 +96,10 @@ def model_facts(config: dict[str, Any], *, inherited: ShippedScaling | None = No
     """What ropekit knows about a config: family, sites, theta, windows, shipped scaling."""
     registry = get_registry()
     view = ConfigView(config)
-    fam = registry.family(family).resolve(view, registry) if family else registry.family_for(view)
-    sites = fam.rope_sites(view)
-    primary = sites[-1]
+    located = locate(view, registry, family=family, inherited=inherited)
+    fam, sites, primary = located.family, located.sites, located.primary
+    native, shipped = located.native_window, located.existing
     rope = fam.rope(view, primary)
-    native = fam.native_window(view, primary)
-    shipped = fam.shipped_scaling(view, primary) or inherited
     return {
         "model_type": view.model_type(),
         "family": fam.name, "plugin": fam.plugin, "plugin_version": fam.version,

@@ -120,6 +120,30 @@ def choose_method(request: LongContextConfig, factor: float, family: Family) -> 
                     f"x{factor:g} extension with no fine-tuning, ntk is the cheaper alternative")
 
 
+@dataclass(frozen=True)
+class Located:
+    """Where a config's rope settings are and what its model was trained with."""
+
+    family: Family
+    sites: list[RopeSite]
+    native_window: int
+    existing: ShippedScaling | None
+
+    @property
+    def primary(self) -> RopeSite:
+        """The language model's rope site (the last one)."""
+        return self.sites[-1]
+
+
+def locate(view: ConfigView, registry: Registry, *, family: str | None = None,
+           inherited: ShippedScaling | None = None) -> Located:
+    """The family, rope sites, native window and shipped (or inherited) scaling of a config."""
+    fam = registry.family(family).resolve(view, registry) if family else registry.family_for(view)
+    sites = fam.rope_sites(view)
+    return Located(fam, sites, fam.native_window(view, sites[-1]),
+                   fam.shipped_scaling(view, sites[-1]) or inherited)
+
+
 def plan_config(target: Any, request: LongContextConfig, *, registry: Registry | None = None,
                 family: str | None = None, inherited: ShippedScaling | None = None) -> Plan:
     """Plan a patch of a config dict or transformers config object, without mutating it.
@@ -133,11 +157,9 @@ def plan_config(target: Any, request: LongContextConfig, *, registry: Registry |
                                   "build one with LongContextConfig(method=..., factor=...)")
     registry = registry or get_registry()
     view = target if isinstance(target, ConfigView) else ConfigView(target)
-    fam = registry.family(family).resolve(view, registry) if family else registry.family_for(view)
-    sites = fam.rope_sites(view)
-    primary = sites[-1]
-    native = fam.native_window(view, primary)
-    existing = fam.shipped_scaling(view, primary) or inherited
+    located = locate(view, registry, family=family, inherited=inherited)
+    fam, sites, primary = located.family, located.sites, located.primary
+    native, existing = located.native_window, located.existing
     warnings: list[str] = []
 
     declared = request.original_max_position_embeddings
