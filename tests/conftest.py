@@ -77,3 +77,14 @@ def rotary_from_config(config):
                "Vision" not in n and "Text" in n] or \
               [getattr(module, n) for n in dir(module) if n.endswith("RotaryEmbedding") and "Vision" not in n]
     return classes[0](config=text)
+
+
+def registry_with(*plugins: tuple[str, object]):
+    """A registry of the built-ins plus the given ``(name, plugin)`` pairs, no entry points."""
+    from ropekit.registry.manager import Registry, make_plugin_manager
+
+    pm = make_plugin_manager(entry_points=False)
+    for name, plugin in plugins:
+        pm.register(plugin, name=name)
+    pm.check_pending()
+    return Registry.from_manager(pm)

@@ -14,7 +14,7 @@ import shutil
 
 import pytest
 
-from conftest import FIXTURES, load_fixture
+from conftest import FIXTURES, load_fixture, registry_with
 from ropekit import LongContextConfig, apply_rope_scaling, hookimpl, plan
 from ropekit import files
 from ropekit.cli import main
@@ -23,19 +23,11 @@ from ropekit.registry.config_view import ConfigView
 from ropekit.registry.errors import PluginError, UnknownFamilyError
 from ropekit.registry.family import Family
 from ropekit.registry.methods import Linear, YaRN
-from ropekit.registry.manager import Registry, make_plugin_manager
+from ropekit.registry.manager import Registry
 
 YARN4 = LongContextConfig(method="yarn", factor=4)
 QWEN3 = "Qwen__Qwen3-8B"
 LLAMA3 = "meta-llama__Meta-Llama-3-8B-Instruct"
-
-
-def registry_with(*plugins: tuple[str, object]) -> Registry:
-    pm = make_plugin_manager(entry_points=False)
-    for name, plugin in plugins:
-        pm.register(plugin, name=name)
-    pm.check_pending()
-    return Registry.from_manager(pm)
 
 
 @pytest.fixture

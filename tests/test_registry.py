@@ -8,25 +8,17 @@ import re
 import pluggy
 import pytest
 
-from conftest import ROOT, load_fixture
+from conftest import ROOT, load_fixture, registry_with
 from ropekit import LongContextConfig, hookimpl
 from ropekit.registry import get_registry, hookspecs, lookup, reset_registry
 from ropekit.registry.config_view import ConfigView
 from ropekit.registry.engine import plan_config
 from ropekit.registry.errors import PluginError, UnknownFamilyError
 from ropekit.registry.family import Family
-from ropekit.registry.manager import DEFAULT_PLUGINS, PluginFault, Registry, make_plugin_manager
+from ropekit.registry.manager import DEFAULT_PLUGINS, PluginFault
 from ropekit.registry.methods import Linear
 
 YARN4 = LongContextConfig(method="yarn", factor=4)
-
-
-def registry_with(*plugins: tuple[str, object]) -> Registry:
-    pm = make_plugin_manager(entry_points=False)
-    for name, plugin in plugins:
-        pm.register(plugin, name=name)
-    pm.check_pending()
-    return Registry.from_manager(pm)
 
 
 class Claims:
