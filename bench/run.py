@@ -73,7 +73,7 @@ def bench_audit(count: int) -> dict:
 
 def bench_landing(reps: int) -> dict:
     from ropekit import LongContextConfig, apply_rope_scaling
-    from ropekit.registry.landing import verify_landing
+    from ropekit.landing.check import verify_landing
 
     out = {}
     with tempfile.TemporaryDirectory() as tmp:

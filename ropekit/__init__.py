@@ -7,10 +7,10 @@ or the landing check needs them.
 from __future__ import annotations
 
 from ropekit.api import apply_rope_scaling, load_model, plan, resolve, verify_landing
-from ropekit.registry.errors import RopekitError
+from ropekit.errors import RopekitError
+from ropekit.receipt import Receipt, verify_receipt
 from ropekit.registry.hookspecs import hookimpl
-from ropekit.registry.long_context import LongContextConfig
-from ropekit.registry.receipt import Receipt, verify_receipt
+from ropekit.scaling.long_context import LongContextConfig
 
 __all__ = [
     "LongContextConfig",

@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ropekit.registry import hub
-from ropekit.registry.engine import Plan, apply_config, plan_config
-from ropekit.registry.hub import ResolvedConfig
-from ropekit.registry.long_context import LongContextConfig
-from ropekit.registry.receipt import Receipt
+from ropekit.hub import resolve as hub
+from ropekit.hub.resolve import ResolvedConfig
+from ropekit.receipt import Receipt
+from ropekit.scaling.engine import Plan, apply_config, plan_config
+from ropekit.scaling.long_context import LongContextConfig
 
 
 def resolve(ref: str | Path, revision: str | None = None) -> ResolvedConfig:
@@ -27,7 +27,7 @@ def plan(target: Any, request: LongContextConfig, *, family: str | None = None,
     if isinstance(target, (str, Path)):
         resolved = resolve(target, revision=revision)
         return plan_config(resolved.config, request, family=family, inherited=resolved.inherited)
-    from ropekit.registry.live import is_live_model
+    from ropekit.landing.live import is_live_model
 
     return plan_config(target.config if is_live_model(target) else target, request, family=family)
 
@@ -40,7 +40,7 @@ def apply_rope_scaling(target: Any, request: LongContextConfig, *, family: str |
     settings are refreshed, and the landing is verified and recorded in the receipt.
     On any refusal or error the target is left exactly as it was.
     """
-    from ropekit.registry.live import is_live_model, patch_model
+    from ropekit.landing.live import is_live_model, patch_model
 
     if is_live_model(target):
         _, receipt = patch_model(target, request, family=family)
@@ -66,7 +66,8 @@ def load_model(ref: str | Path, request: LongContextConfig, *, revision: str | N
     """
     from transformers import AutoConfig
 
-    from ropekit.registry.landing import _model_class_for, check_model
+    from ropekit.landing.check import check_model
+    from ropekit.landing.rotary import model_class_for
 
     resolved = resolve(ref, revision=revision)
     location = str(resolved.path.parent) if resolved.path else str(ref)
@@ -78,7 +79,7 @@ def load_model(ref: str | Path, request: LongContextConfig, *, revision: str | N
 
         choice = require_attention_backend(receipt.long_context["new_max_position_embeddings"])
         from_pretrained_kwargs["attn_implementation"] = choice.attn_implementation
-    cls = model_class or _model_class_for(config)
+    cls = model_class or model_class_for(config)
     kwargs = {"revision": resolved.revision, **from_pretrained_kwargs} if resolved.source != "local" \
         else from_pretrained_kwargs
     model = cls.from_pretrained(location if resolved.source == "local" else resolved.model_id,
@@ -93,6 +94,6 @@ def verify_landing(target: Any, *, receipt: Receipt | None = None) -> Any:
     :param target: a live model, or a folder / config.json (built without weights).
     :returns: a LandingReport (``.landed``, ``.to_json()``, ``.raise_if_not_landed()``).
     """
-    from ropekit.registry.landing import verify_landing as _verify
+    from ropekit.landing.check import verify_landing as _verify
 
     return _verify(target, receipt=receipt)

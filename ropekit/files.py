@@ -44,14 +44,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ropekit.registry.constants import BACKUP_FILENAME, RECEIPT_FILENAME
-from ropekit.registry.engine import Plan, apply_config
-from ropekit.registry.errors import (
-    InvalidConfigError, InvalidRequestError, PolicyError, ReceiptMismatchError, ResolutionError,
+from ropekit.constants import BACKUP_FILENAME, RECEIPT_FILENAME
+from ropekit.errors import (
+    InvalidConfigError,
+    InvalidRequestError,
+    PolicyError,
+    ReceiptMismatchError,
+    ResolutionError,
 )
-from ropekit.registry.hub import ResolvedConfig, read_bounded, read_config_file
-from ropekit.registry.long_context import LongContextConfig
-from ropekit.registry.receipt import Receipt, sha256_hex, verify_receipt
+from ropekit.hub.resolve import ResolvedConfig
+from ropekit.jsonio import read_bounded, read_config_file
+from ropekit.receipt import Receipt, sha256_hex, verify_receipt
+from ropekit.scaling.engine import Plan, apply_config
+from ropekit.scaling.long_context import LongContextConfig
 
 CONFIG_FILENAME = "config.json"
 

@@ -12,10 +12,14 @@ import sys
 import pytest
 
 from ropekit.cli import main
-from ropekit.registry.errors import AttentionBackendError, PolicyError
+from ropekit.errors import AttentionBackendError, PolicyError
 from ropekit.training import attention
 from ropekit.training.attention import (
-    DeviceInfo, InstalledPackages, choose_attention_backend, find_flash_packages, require_attention_backend,
+    DeviceInfo,
+    InstalledPackages,
+    choose_attention_backend,
+    find_flash_packages,
+    require_attention_backend,
 )
 
 

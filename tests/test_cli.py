@@ -17,10 +17,10 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import FIXTURE_NAMES, FIXTURES, ROOT
+
 from ropekit.cli import main
-from ropekit.registry.constants import BACKUP_FILENAME, RECEIPT_FILENAME
+from ropekit.constants import BACKUP_FILENAME, RECEIPT_FILENAME
 
 LLAMA2 = "fixtures/meta-llama__Llama-2-7b-hf"
 LLAMA3 = "fixtures/meta-llama__Meta-Llama-3-8B-Instruct"

@@ -6,12 +6,16 @@ import copy
 import json
 
 import pytest
-
 from conftest import no_transformers_warnings, rotary_from_config, transformers_major
+
 from ropekit import LongContextConfig, RopekitError, apply_rope_scaling, plan
-from ropekit.registry.errors import (
-    CompoundingError, InvalidConfigError, InvalidRequestError, UnknownFamilyError,
-    UnstableFactorError, WindowMismatchError,
+from ropekit.errors import (
+    CompoundingError,
+    InvalidConfigError,
+    InvalidRequestError,
+    UnknownFamilyError,
+    UnstableFactorError,
+    WindowMismatchError,
 )
 
 LLAMA3 = "meta-llama__Meta-Llama-3-8B-Instruct"
@@ -228,7 +232,7 @@ def test_a_vlm_wrapper_never_patches_its_top_level(fixture_config):
 @pytest.mark.parametrize("ref", [123, "", "   "])
 def test_resolve_refuses_empty_or_non_string_references(ref):
     from ropekit import resolve
-    from ropekit.registry.errors import ResolutionError
+    from ropekit.errors import ResolutionError
 
     with pytest.raises(ResolutionError, match="empty or not a string"):
         resolve(ref)

@@ -7,8 +7,13 @@ import json
 import pytest
 
 from ropekit.cli import main
-from ropekit.registry.errors import InvalidRequestError, ResolutionError
-from ropekit.training.eval_pack import EvalPackError, bucket_edges, check_pack, example_text
+from ropekit.errors import InvalidRequestError, ResolutionError
+from ropekit.training.eval_pack import (
+    EvalPackError,
+    bucket_edges,
+    check_pack,
+    example_text,
+)
 
 
 def write_pack(path, records):

@@ -7,12 +7,12 @@ import math
 import shlex
 
 import pytest
-
 from conftest import load_fixture, rotary_from_config, transformers_major
+
 from ropekit.cli import main
-from ropekit.registry.engine import apply_config
-from ropekit.registry.errors import InvalidConfigError, ReceiptMismatchError, ResolutionError
-from ropekit.registry.long_context import LongContextConfig
+from ropekit.errors import InvalidConfigError, ReceiptMismatchError, ResolutionError
+from ropekit.scaling.engine import apply_config
+from ropekit.scaling.long_context import LongContextConfig
 from ropekit.serving import EngineUnsupportedError, export_arguments
 from ropekit.serving.sglang import ENV_LONGER_CONTEXT
 

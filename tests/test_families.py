@@ -13,13 +13,22 @@ import math
 from dataclasses import dataclass
 
 import pytest
-
-from conftest import FIXTURE_NAMES, load_fixture, no_transformers_warnings, rotary_from_config, transformers_major
-from ropekit import LongContextConfig, RopekitError, apply_rope_scaling, plan
-from ropekit.registry import families, lookup
-from ropekit.registry.errors import (
-    CompoundingError, UnknownFamilyError, UnsupportedMethodError, WindowMismatchError,
+from conftest import (
+    FIXTURE_NAMES,
+    load_fixture,
+    no_transformers_warnings,
+    rotary_from_config,
+    transformers_major,
 )
+
+from ropekit import LongContextConfig, RopekitError, apply_rope_scaling, plan
+from ropekit.errors import (
+    CompoundingError,
+    UnknownFamilyError,
+    UnsupportedMethodError,
+    WindowMismatchError,
+)
+from ropekit.registry import families, lookup
 
 FAMILY_KEYS = ("mrope_section", "mrope_interleaved", "mscale", "mscale_all_dim", "truncate")
 
@@ -336,7 +345,6 @@ def test_deepseek_rotates_only_the_rope_part_and_keeps_mscale():
 
 def test_deepseek_live_attention_scale_follows_the_new_factor():
     import torch
-
     from tiny_models import build, shrink
 
     model = build(shrink(load_fixture("deepseek-ai__DeepSeek-V3")))

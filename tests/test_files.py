@@ -9,15 +9,23 @@ import os
 import shutil
 
 import pytest
-
-from conftest import FIXTURE_NAMES, FIXTURES, no_transformers_warnings, rotary_from_config
-from ropekit import LongContextConfig, resolve
-from ropekit import files
-from ropekit.registry.constants import BACKUP_FILENAME, RECEIPT_FILENAME
-from ropekit.registry.errors import (
-    CompoundingError, InvalidConfigError, InvalidRequestError, PolicyError, ReceiptMismatchError,
+from conftest import (
+    FIXTURE_NAMES,
+    FIXTURES,
+    no_transformers_warnings,
+    rotary_from_config,
 )
-from ropekit.registry.hub import ResolvedConfig
+
+from ropekit import LongContextConfig, files, resolve
+from ropekit.constants import BACKUP_FILENAME, RECEIPT_FILENAME
+from ropekit.errors import (
+    CompoundingError,
+    InvalidConfigError,
+    InvalidRequestError,
+    PolicyError,
+    ReceiptMismatchError,
+)
+from ropekit.hub.resolve import ResolvedConfig
 
 LLAMA3 = "meta-llama__Meta-Llama-3-8B-Instruct"
 LLAMA31 = "meta-llama__Llama-3.1-8B-Instruct"

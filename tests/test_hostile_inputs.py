@@ -23,14 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
 from conftest import FIXTURES
-from ropekit import LongContextConfig, RopekitError, plan, resolve
-from ropekit import files
+
+from ropekit import LongContextConfig, RopekitError, files, plan, resolve
+from ropekit.constants import RECEIPT_FILENAME
+from ropekit.errors import InvalidConfigError, ResolutionError
+from ropekit.jsonio import MAX_JSON_BYTES, MAX_JSON_DEPTH, parse_json
 from ropekit.registry import get_registry
-from ropekit.registry.constants import RECEIPT_FILENAME
-from ropekit.registry.errors import InvalidConfigError, ResolutionError
-from ropekit.registry.hub import MAX_JSON_BYTES, MAX_JSON_DEPTH, parse_json
 from ropekit.serving.export import load_serve_spec
 
 LLAMA31 = FIXTURES / "meta-llama__Llama-3.1-8B-Instruct" / "config.json"

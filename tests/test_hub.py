@@ -20,15 +20,15 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-
 from conftest import FIXTURES, ROOT, load_fixture
 from hf_cache import HFCache, card, git_blob_sha1
+
 import ropekit
 from ropekit import LongContextConfig
+from ropekit.errors import CompoundingError, ResolutionError, UnknownFamilyError
+from ropekit.hub.resolve import ResolvedConfig, _cache_miss, resolve
 from ropekit.registry import get_registry
-from ropekit.registry.engine import apply_config
-from ropekit.registry.errors import CompoundingError, ResolutionError, UnknownFamilyError
-from ropekit.registry.hub import ResolvedConfig, _cache_miss, resolve
+from ropekit.scaling.engine import apply_config
 
 LLAMA3_ID = "meta-llama/Meta-Llama-3-8B-Instruct"
 LLAMA31_ID = "meta-llama/Llama-3.1-8B-Instruct"
@@ -559,7 +559,7 @@ def test_an_unresolvable_hub_is_not_retried(tmp_path, monkeypatch):
     """No name resolution means no network: answer from cache or catalog at once, not after retries."""
     import time
 
-    from ropekit.registry import hub
+    from ropekit.hub import resolve as hub
 
     set_offline(monkeypatch, False)
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))

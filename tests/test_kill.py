@@ -21,12 +21,11 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import FIXTURES
-from ropekit import LongContextConfig, resolve
-from ropekit import files
-from ropekit.registry.constants import BACKUP_FILENAME, RECEIPT_FILENAME
-from ropekit.registry.errors import InvalidConfigError, ReceiptMismatchError
+
+from ropekit import LongContextConfig, files, resolve
+from ropekit.constants import BACKUP_FILENAME, RECEIPT_FILENAME
+from ropekit.errors import InvalidConfigError, ReceiptMismatchError
 
 CONFIG = "config.json"
 LLAMA3 = FIXTURES / "meta-llama__Meta-Llama-3-8B-Instruct" / CONFIG

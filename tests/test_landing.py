@@ -6,12 +6,19 @@ import json
 
 import pytest
 import torch
-
 from conftest import load_fixture
 from tiny_models import build, shrink
-from ropekit import LongContextConfig, apply_rope_scaling, load_model, plan, verify_landing
-from ropekit.registry.errors import LandingError, TransformersVersionError
-from ropekit.registry.landing import check_transformers_support, rotary_modules
+
+from ropekit import (
+    LongContextConfig,
+    apply_rope_scaling,
+    load_model,
+    plan,
+    verify_landing,
+)
+from ropekit.errors import LandingError, TransformersVersionError
+from ropekit.landing.rotary import rotary_modules
+from ropekit.scaling.transformers_support import check_transformers_support
 
 CASES = {
     "meta-llama__Meta-Llama-3-8B-Instruct": dict(method="yarn", factor=4.0),
@@ -142,7 +149,7 @@ def test_load_model_builds_from_the_patched_config(tmp_path):
 
 
 def test_load_model_for_training_refuses_long_targets_without_flash_attention(tmp_path, monkeypatch):
-    from ropekit.registry.errors import AttentionBackendError
+    from ropekit.errors import AttentionBackendError
     from ropekit.training import attention
 
     model = build(shrink(load_fixture("meta-llama__Meta-Llama-3-8B-Instruct")))

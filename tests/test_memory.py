@@ -6,15 +6,20 @@ import json
 import math
 
 import pytest
+from conftest import FIXTURES, load_fixture
 
 from ropekit.cli import main
-from ropekit.registry.errors import InvalidConfigError, InvalidRequestError
+from ropekit.errors import InvalidConfigError, InvalidRequestError
 from ropekit.training.architecture import read_architecture
 from ropekit.training.memory import (
-    GIB, USABLE_FRACTION, count_parameters, find_gpu, kv_bytes_per_token, kv_cache_bytes, plan_memory,
+    GIB,
+    USABLE_FRACTION,
+    count_parameters,
+    find_gpu,
+    kv_bytes_per_token,
+    kv_cache_bytes,
+    plan_memory,
 )
-
-from conftest import FIXTURES, load_fixture
 
 
 def params(name):

@@ -6,8 +6,12 @@ import math
 
 import pytest
 
-from ropekit.registry.methods import (
-    closed_form, default_inv_freq, ntk_base, yarn_mscale, yarn_untouched_and_interpolated,
+from ropekit.scaling.methods import (
+    closed_form,
+    default_inv_freq,
+    ntk_base,
+    yarn_mscale,
+    yarn_untouched_and_interpolated,
 )
 
 

@@ -13,17 +13,16 @@ import json
 import shutil
 
 import pytest
-
 from conftest import FIXTURES, load_fixture, registry_with
-from ropekit import LongContextConfig, apply_rope_scaling, hookimpl, plan
-from ropekit import files
+
+from ropekit import LongContextConfig, apply_rope_scaling, files, hookimpl, plan
 from ropekit.cli import main
+from ropekit.errors import PluginError, UnknownFamilyError
 from ropekit.registry import manager
-from ropekit.registry.config_view import ConfigView
-from ropekit.registry.errors import PluginError, UnknownFamilyError
 from ropekit.registry.family import Family
-from ropekit.registry.methods import Linear, YaRN
 from ropekit.registry.manager import Registry
+from ropekit.scaling.config_view import ConfigView
+from ropekit.scaling.methods import Linear, YaRN
 
 YARN4 = LongContextConfig(method="yarn", factor=4)
 QWEN3 = "Qwen__Qwen3-8B"
@@ -44,7 +43,7 @@ def assert_builtins_work(reg: Registry) -> None:
     """The built-in families and methods are all there and plan as they should."""
     assert reg.lookup("qwen3").name == "qwen" and reg.lookup("llama").name == "llama"
     assert {"linear", "ntk", "dynamic", "yarn"} <= set(reg.methods)
-    from ropekit.registry.engine import plan_config
+    from ropekit.scaling.engine import plan_config
 
     assert plan_config(load_fixture(QWEN3), YARN4, registry=reg).new_window == 4 * 32768  # Qwen3: 32768 native
     assert plan_config(load_fixture(LLAMA3), YARN4, registry=reg).new_window == 4 * 8192

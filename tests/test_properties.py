@@ -7,10 +7,10 @@ import copy
 import json
 import math
 
+from conftest import FIXTURE_NAMES, load_fixture
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import FIXTURE_NAMES, load_fixture
 from ropekit import LongContextConfig, RopekitError, apply_rope_scaling, verify_receipt
 
 ROPE_KEYS = ["rope_type", "type", "factor", "original_max_position_embeddings", "beta_fast", "beta_slow",
@@ -81,7 +81,8 @@ def test_only_ropekit_errors_escape_and_failures_mutate_nothing(config, request_
 @given(st.sampled_from(FIXTURE_NAMES), st.sampled_from(["linear", "ntk", "dynamic", "yarn"]),
        st.sampled_from([2.0, 3.5, 4.0, 8.0]), st.sampled_from(["compound", "replace"]))
 def test_every_successful_patch_verifies_and_lands(name, method, factor, on_existing):
-    from ropekit.registry.landing import check_model, skeleton_with_rotaries
+    from ropekit.landing.check import check_model
+    from ropekit.landing.rotary import skeleton_with_rotaries
 
     config = copy.deepcopy(load_fixture(name))
     try:

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 import rfc8785
-
 from conftest import load_fixture
+
 from ropekit import LongContextConfig, Receipt, apply_rope_scaling, verify_receipt
-from ropekit.registry.errors import ReceiptMismatchError
-from ropekit.registry.receipt import canonical_json, config_sha256
+from ropekit.errors import ReceiptMismatchError
+from ropekit.receipt import canonical_json, config_sha256
 
 GOLDEN = Path(__file__).parent / "golden" / "llama3-yarn4.receipt.json"
 PINNED_VERSIONS = {"ropekit": "0.1.0", "transformers": "pinned", "python": "pinned"}

@@ -7,16 +7,16 @@ import re
 
 import pluggy
 import pytest
-
 from conftest import ROOT, load_fixture, registry_with
+
 from ropekit import LongContextConfig, hookimpl
+from ropekit.errors import PluginError, UnknownFamilyError
 from ropekit.registry import get_registry, hookspecs, lookup, reset_registry
-from ropekit.registry.config_view import ConfigView
-from ropekit.registry.engine import plan_config
-from ropekit.registry.errors import PluginError, UnknownFamilyError
 from ropekit.registry.family import Family
 from ropekit.registry.manager import DEFAULT_PLUGINS, PluginFault
-from ropekit.registry.methods import Linear
+from ropekit.scaling.config_view import ConfigView
+from ropekit.scaling.engine import plan_config
+from ropekit.scaling.methods import Linear
 
 YARN4 = LongContextConfig(method="yarn", factor=4)
 

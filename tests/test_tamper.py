@@ -18,13 +18,12 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import FIXTURES
-from ropekit import LongContextConfig, resolve
-from ropekit import files
+
+from ropekit import LongContextConfig, files, resolve
 from ropekit.cli import main
-from ropekit.registry.constants import RECEIPT_FILENAME
-from ropekit.registry.errors import InvalidConfigError, ReceiptMismatchError
+from ropekit.constants import RECEIPT_FILENAME
+from ropekit.errors import InvalidConfigError, ReceiptMismatchError
 
 LLAMA3 = FIXTURES / "meta-llama__Meta-Llama-3-8B-Instruct"
 YARN4 = LongContextConfig(method="yarn", factor=4.0)
@@ -348,7 +347,7 @@ def test_the_real_entry_point_exits_3_naming_the_field(folder):
 def test_a_resealed_receipt_verify_cannot_read_is_refused_naming_the_field(folder, capsys, field, value, words):
     """Seals are plain hashes anyone can recompute: a resealed receipt of the wrong shape is bad input
     (exit 4, naming the field), never a crash."""
-    from ropekit.registry.receipt import Receipt
+    from ropekit.receipt import Receipt
 
     data = read_json(folder / RECEIPT_FILENAME)
     data[field] = value

@@ -14,11 +14,11 @@ import re
 import sys
 
 import pytest
-
 from conftest import ROOT, load_fixture, no_transformers_warnings, rotary_from_config
+
 from ropekit import LongContextConfig, apply_rope_scaling, plan
+from ropekit.errors import UnknownFamilyError
 from ropekit.registry import families, get_registry, lookup, reset_registry
-from ropekit.registry.errors import UnknownFamilyError
 
 MODULE = "acme_rope_granite"
 DOC = ROOT / "README.md"

@@ -59,9 +59,9 @@ def build(config_dict: dict[str, Any], seed: int = 0):
     import torch
     from transformers import AutoConfig
 
-    from ropekit.registry.landing import _model_class_for
+    from ropekit.landing.rotary import model_class_for
 
     torch.manual_seed(seed)
     config = AutoConfig.for_model(**config_dict)
-    model = _model_class_for(config)._from_config(config)
+    model = model_class_for(config)._from_config(config)
     return model.eval()

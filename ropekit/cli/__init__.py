@@ -16,7 +16,7 @@ from typing import Any
 
 import click
 
-from ropekit.registry.errors import RopekitError
+from ropekit.errors import RopekitError
 
 COMMAND_MODULES: tuple[str, ...] = (
     "ropekit.cli.models",

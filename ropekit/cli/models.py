@@ -17,14 +17,14 @@ import click
 from ropekit import files
 from ropekit.api import resolve
 from ropekit.cli import emit_json, render
+from ropekit.errors import PolicyError, RopekitError, VerificationError
+from ropekit.hub.resolve import ResolvedConfig
 from ropekit.registry import families as registry_families
 from ropekit.registry import get_registry
-from ropekit.registry.config_view import ConfigView
-from ropekit.registry.engine import Plan, locate, plan_config
-from ropekit.registry.errors import PolicyError, RopekitError, VerificationError
 from ropekit.registry.family import ShippedScaling
-from ropekit.registry.hub import ResolvedConfig
-from ropekit.registry.long_context import LongContextConfig
+from ropekit.scaling.config_view import ConfigView
+from ropekit.scaling.engine import Plan, locate, plan_config
+from ropekit.scaling.long_context import LongContextConfig
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
 family_option = click.option("--family", metavar="NAME",

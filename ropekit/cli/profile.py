@@ -9,7 +9,7 @@ from typing import Any, Callable, Iterator
 
 import click
 
-from ropekit.registry.errors import InvalidRequestError
+from ropekit.errors import InvalidRequestError
 
 METHODS_HELP = "Comma-separated methods: none (no scaling), linear, ntk, dynamic, yarn."
 
@@ -27,7 +27,13 @@ def _split(text: str, kind: type, option: str) -> tuple[Any, ...]:
 def _progress() -> Iterator[Callable[[str, int], Callable[[int], None]]]:
     """A rich progress bar on stderr (transient); yields the ``progress(description, total)`` hook."""
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
 
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
@@ -42,7 +48,7 @@ def _environment(device: Any) -> dict[str, Any]:
 
     import torch
 
-    from ropekit.registry.engine import versions
+    from ropekit.scaling.engine import versions
 
     return {**versions(), "torch": torch.__version__, "device": str(device),
             "torch_threads": torch.get_num_threads(), "machine": platform.machine()}

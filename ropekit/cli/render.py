@@ -10,7 +10,7 @@ import os
 import sys
 from typing import Any, Iterable, Sequence
 
-from ropekit.registry.config_view import Change, is_missing
+from ropekit.scaling.config_view import Change, is_missing
 
 PIPED_WIDTH = 160
 

@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from ropekit.cli import emit_json, render
-from ropekit.registry.errors import AttentionBackendError
+from ropekit.errors import AttentionBackendError
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
 

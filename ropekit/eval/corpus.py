@@ -15,7 +15,7 @@ import importlib.util
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
-from ropekit.registry.errors import ResolutionError
+from ropekit.errors import ResolutionError
 
 if TYPE_CHECKING:
     import torch

@@ -16,10 +16,16 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ropekit.errors import InvalidRequestError
 from ropekit.eval import corpus
-from ropekit.eval.models import LoadedModel, YarnBetas, build, check_methods, scaled_config
+from ropekit.eval.models import (
+    LoadedModel,
+    YarnBetas,
+    build,
+    check_methods,
+    scaled_config,
+)
 from ropekit.eval.profile import ProgressHook, eval_length, no_progress
-from ropekit.registry.errors import InvalidRequestError
 
 #: lr for the tiny reference model (what notes/papers-and-offline-eval.md measured)
 REFERENCE_LR = 5e-4

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterator
 
+from ropekit.errors import InvalidRequestError, ResolutionError
 from ropekit.eval import corpus
 from ropekit.eval.reference import BYTE_TOKENIZER, REFERENCE_DIR, read_metadata
-from ropekit.registry.errors import InvalidRequestError, ResolutionError
 
 NO_SCALING = "none"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "vocab.json")
@@ -156,8 +156,8 @@ def build(model: LoadedModel, config: Any) -> Any:
 
 def check_methods(methods: list[str]) -> None:
     """Fail early, with the list of choices, on a method name no plugin registers."""
+    from ropekit.errors import RopekitError
     from ropekit.registry import get_registry
-    from ropekit.registry.errors import RopekitError
 
     registry = get_registry()
     for name in methods:

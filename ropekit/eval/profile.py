@@ -14,10 +14,17 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from ropekit.errors import InvalidRequestError
 from ropekit.eval import corpus
-from ropekit.eval.models import NO_SCALING, LoadedModel, YarnBetas, build, check_methods, scaled_config
+from ropekit.eval.models import (
+    NO_SCALING,
+    LoadedModel,
+    YarnBetas,
+    build,
+    check_methods,
+    scaled_config,
+)
 from ropekit.eval.perplexity import position_losses, summarize
-from ropekit.registry.errors import InvalidRequestError
 
 DEFAULT_METHODS: tuple[str, ...] = (NO_SCALING, "linear", "ntk", "dynamic", "yarn")
 DEFAULT_FACTORS: tuple[float, ...] = (2.0, 4.0, 8.0)

@@ -24,7 +24,12 @@ from typing import Any, Callable
 
 from ropekit.eval import corpus
 from ropekit.eval.perplexity import position_losses
-from ropekit.eval.reference import REFERENCE_DIR, ReferenceArchitecture, llama_config, save_reference
+from ropekit.eval.reference import (
+    REFERENCE_DIR,
+    ReferenceArchitecture,
+    llama_config,
+    save_reference,
+)
 
 #: held-out evaluation at the trained window: the full cell and the quick check the tests repeat
 HELDOUT_TOKENS = 98304

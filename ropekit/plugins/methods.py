@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ropekit.registry.hookspecs import hookimpl
-from ropekit.registry.methods import BUILTIN_METHODS
+from ropekit.scaling.methods import BUILTIN_METHODS
 
 
 @hookimpl

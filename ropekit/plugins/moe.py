@@ -18,9 +18,9 @@ from types import MappingProxyType
 from typing import Any
 
 from ropekit.plugins.qwen import QwenWindow
-from ropekit.registry.config_view import ConfigView, RopeSite, positive_int
 from ropekit.registry.family import Family
 from ropekit.registry.hookspecs import hookimpl
+from ropekit.scaling.config_view import ConfigView, RopeSite, positive_int
 
 
 class MixtralFamily(Family):
@@ -62,7 +62,7 @@ class DeepSeekFamily(Family):
         """
         import torch
 
-        from ropekit.registry.landing import language_tower
+        from ropekit.landing.rotary import language_tower
 
         refreshed = []
         for name, module in language_tower(model).named_modules():

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from ropekit.registry.config_view import LEGACY, ConfigView, RopeSite, positive_int
-from ropekit.registry.errors import UnsupportedMethodError
+from ropekit.errors import UnsupportedMethodError
 from ropekit.registry.family import Family
 from ropekit.registry.hookspecs import hookimpl
+from ropekit.scaling.config_view import LEGACY, ConfigView, RopeSite, positive_int
 
 SUPPORTED = ("ntk",)
 

@@ -10,9 +10,9 @@ other lineages whose ``max_position_embeddings`` is the trained window: Qwen2.5-
 
 from __future__ import annotations
 
-from ropekit.registry.config_view import ConfigView, RopeSite
 from ropekit.registry.family import Family
 from ropekit.registry.hookspecs import hookimpl
+from ropekit.scaling.config_view import ConfigView, RopeSite
 
 #: the rope_theta of the Qwen lineages pretrained at QWEN_PRETRAIN_WINDOW
 QWEN_PRETRAIN_THETA = 1_000_000.0

@@ -20,9 +20,9 @@ Native windows: Qwen2-VL and Qwen2.5-VL were trained at 32768 (Qwen2.5-VL files 
 from __future__ import annotations
 
 from ropekit.plugins.qwen import QwenWindow
-from ropekit.registry.config_view import ConfigView, RopeSite
 from ropekit.registry.family import Family
 from ropekit.registry.hookspecs import hookimpl
+from ropekit.scaling.config_view import ConfigView, RopeSite
 
 
 class Qwen2VLFamily(QwenWindow):

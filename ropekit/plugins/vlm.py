@@ -15,15 +15,11 @@ from __future__ import annotations
 
 import copy
 from types import MappingProxyType
-from typing import TYPE_CHECKING
 
-from ropekit.registry.config_view import ConfigView
-from ropekit.registry.errors import InvalidConfigError, UnknownFamilyError
-from ropekit.registry.family import Family
+from ropekit.errors import InvalidConfigError, UnknownFamilyError
+from ropekit.registry.family import Family, FamilyLookup
 from ropekit.registry.hookspecs import hookimpl
-
-if TYPE_CHECKING:
-    from ropekit.registry.manager import Registry
+from ropekit.scaling.config_view import ConfigView
 
 #: each wrapper's default language model: what transformers builds when text_config omits model_type
 DEFAULT_TEXT_MODEL = MappingProxyType({
@@ -50,7 +46,7 @@ class VisionLanguageFamily(Family):
     text_config_keys = ("text_config", "llm_config")
     description = "vision-language wrappers: the language model's own family patches text_config"
 
-    def resolve(self, view: ConfigView, registry: "Registry") -> Family:
+    def resolve(self, view: ConfigView, registry: FamilyLookup) -> Family:
         wrapper = view.model_type()
         key = next((k for k in self.text_config_keys if view.node((k,)) is not None), None)
         if key is None:

@@ -4,10 +4,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .manager import DEFAULT_PLUGINS, Registry, get_registry, make_plugin_manager, reset_registry
+from ropekit.registry.manager import (
+    DEFAULT_PLUGINS,
+    Registry,
+    get_registry,
+    make_plugin_manager,
+    reset_registry,
+)
 
 if TYPE_CHECKING:
-    from .family import Family
+    from ropekit.registry.family import Family
 
 
 def lookup(model_type: str) -> "Family":

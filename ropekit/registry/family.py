@@ -9,13 +9,25 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, ClassVar, Mapping
+from typing import Any, ClassVar, Mapping, Protocol
 
-from .config_view import LEGACY, ConfigView, RopeSite, positive_float, positive_int
-from .errors import InvalidConfigError, UnsupportedMethodError
+from ropekit.errors import InvalidConfigError, UnsupportedMethodError
+from ropekit.scaling.config_view import (
+    LEGACY,
+    ConfigView,
+    RopeSite,
+    positive_float,
+    positive_int,
+)
 
-if TYPE_CHECKING:
-    from .manager import Registry
+
+class FamilyLookup(Protocol):
+    """What a family may ask of the registry (a VLM wrapper looks up its text model's family)."""
+
+    families_by_name: Mapping[str, "Family"]
+
+    def lookup(self, model_type: str) -> "Family": ...
+
 
 #: rope types that are not scaling (mrope only sections the rotary dimension)
 UNSCALED_TYPES = frozenset({"default", "mrope"})
@@ -86,7 +98,7 @@ class Family:
     plugin: str = ""
     version: str = ""
 
-    def resolve(self, view: ConfigView, registry: "Registry") -> "Family":
+    def resolve(self, view: ConfigView, registry: FamilyLookup) -> "Family":
         """The family whose knowledge applies (a VLM wrapper returns its text model's)."""
         return self
 

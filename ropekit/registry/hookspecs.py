@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any, Callable
 import pluggy
 
 if TYPE_CHECKING:
-    from .family import Family
-    from .methods import ScalingMethod
+    from ropekit.registry.family import Family
+    from ropekit.scaling.methods import ScalingMethod
 
 hookspec = pluggy.HookspecMarker("ropekit")
 hookimpl = pluggy.HookimplMarker("ropekit")
@@ -26,7 +26,7 @@ def register_families(register: Callable[["Family"], None]) -> None:
 
     :param register: takes a :class:`~ropekit.registry.family.Family` instance. A
         model_type already claimed by another plugin raises
-        :class:`~ropekit.registry.errors.PluginError` naming both plugins.
+        :class:`~ropekit.errors.PluginError` naming both plugins.
     """
 
 
@@ -34,7 +34,7 @@ def register_families(register: Callable[["Family"], None]) -> None:
 def register_scaling_methods(register: Callable[["ScalingMethod"], None]) -> None:
     """Register RoPE scaling methods by calling ``register(method)`` once per method.
 
-    :param register: takes a :class:`~ropekit.registry.methods.ScalingMethod`
+    :param register: takes a :class:`~ropekit.scaling.methods.ScalingMethod`
         instance; its ``name`` becomes a valid ``LongContextConfig.method``.
     """
 

@@ -28,17 +28,21 @@ import importlib
 import importlib.metadata
 import numbers
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 import pluggy
 
-from . import constants, hookspecs
-from .errors import InvalidRequestError, PluginError, RopekitError, UnknownFamilyError
-
-if TYPE_CHECKING:
-    from .config_view import ConfigView
-    from .family import Family
-    from .methods import ScalingMethod
+import ropekit.constants as constants
+import ropekit.registry.hookspecs as hookspecs
+from ropekit.errors import (
+    InvalidRequestError,
+    PluginError,
+    RopekitError,
+    UnknownFamilyError,
+)
+from ropekit.registry.family import Family, ShippedScaling
+from ropekit.scaling.config_view import ConfigView, RopeSite
+from ropekit.scaling.methods import ScalingMethod
 
 DEFAULT_PLUGINS: tuple[str, ...] = (
     "ropekit.plugins.methods",
@@ -148,8 +152,6 @@ class Registry:
         self.faults.append(PluginFault(plugin, hook, f"{type(exc).__name__}: {_cut(str(exc))}"))
 
     def _add_family(self, family: Any, plugin: str, version: str) -> None:
-        from .family import Family
-
         if not isinstance(family, Family) or not isinstance(getattr(family, "name", None), str) or not family.name:
             raise TypeError(f"register() expects a named Family instance, got {_repr(family)}")
         model_types = getattr(family, "model_types", None)
@@ -184,8 +186,6 @@ class Registry:
             self.by_model_type[model_type] = family
 
     def _add_method(self, method: Any, plugin: str, version: str) -> None:
-        from .methods import ScalingMethod
-
         if not isinstance(method, ScalingMethod) or not isinstance(getattr(method, "name", None), str) \
                 or not method.name:
             raise TypeError(f"register() expects a named ScalingMethod instance, got {_repr(method)}")
@@ -288,20 +288,14 @@ def _cut(text: str, limit: int = 200) -> str:
 # --- guarding the calls ropekit makes into plugins -----------------------------------------
 
 def _is_family(value: Any) -> bool:
-    from .family import Family
-
     return isinstance(value, Family)
 
 
 def _is_sites(value: Any) -> bool:
-    from .config_view import RopeSite
-
     return isinstance(value, list) and bool(value) and all(isinstance(site, RopeSite) for site in value)
 
 
 def _is_shipped(value: Any) -> bool:
-    from .family import ShippedScaling
-
     return value is None or isinstance(value, ShippedScaling)
 
 

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
-from ropekit.registry.errors import EngineUnsupportedError
+from ropekit.errors import EngineUnsupportedError
 
-from .export import ENGINES, LaunchArguments, ServeSpec, export_arguments, load_serve_spec
+from .export import (
+           ENGINES,
+           LaunchArguments,
+           ServeSpec,
+           export_arguments,
+           load_serve_spec,
+)
 
 __all__ = ["ENGINES", "EngineUnsupportedError", "LaunchArguments", "ServeSpec", "export_arguments",
            "load_serve_spec"]

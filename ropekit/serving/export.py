@@ -15,13 +15,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ropekit.registry.config_view import ConfigView, RopeSite
-from ropekit.registry.constants import RECEIPT_FILENAME
-from ropekit.registry.errors import (
-    InvalidConfigError, InvalidRequestError, ResolutionError,
+from ropekit.constants import RECEIPT_FILENAME
+from ropekit.errors import (
+    InvalidConfigError,
+    InvalidRequestError,
+    ResolutionError,
 )
-from ropekit.registry.hub import read_config_file
-from ropekit.registry.receipt import Receipt, verify_receipt
+from ropekit.jsonio import read_config_file
+from ropekit.receipt import Receipt, verify_receipt
+from ropekit.scaling.config_view import ConfigView, RopeSite
 from ropekit.training.architecture import TEXT_CONFIG_KEYS, VISION_KEYS
 
 #: engine name -> module under ropekit.serving that builds its arguments
@@ -227,8 +229,8 @@ def _site_rope(view: ConfigView, label: str, receipt: Receipt) -> SiteRope:
 
 def _default_theta(receipt: Receipt) -> float:
     """The rope_theta transformers assumes for this family when the config omits it."""
+    from ropekit.errors import UnknownFamilyError
     from ropekit.registry import get_registry
-    from ropekit.registry.errors import UnknownFamilyError
 
     name = (receipt.get("family") or {}).get("name")
     try:

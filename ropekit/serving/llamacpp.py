@@ -12,7 +12,7 @@ llama.cpp has no dynamic NTK.
 
 from __future__ import annotations
 
-from ropekit.registry.errors import EngineUnsupportedError
+from ropekit.errors import EngineUnsupportedError
 
 from .export import LaunchArguments, ServeSpec
 

@@ -14,7 +14,7 @@ and ``--max-batch-prefill-tokens`` at or above it.
 
 from __future__ import annotations
 
-from ropekit.registry.errors import EngineUnsupportedError
+from ropekit.errors import EngineUnsupportedError
 
 from .export import LaunchArguments, ServeSpec
 

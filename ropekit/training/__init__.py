@@ -6,7 +6,11 @@ Nothing here imports torch or transformers at import time.
 from __future__ import annotations
 
 from .attention import (
-    AttentionChoice, DeviceInfo, choose_attention_backend, detect_device, require_attention_backend,
+    AttentionChoice,
+    DeviceInfo,
+    choose_attention_backend,
+    detect_device,
+    require_attention_backend,
 )
 from .eval_pack import PackReport, check_pack
 from .memory import GPUS, MemoryPlan, count_parameters, plan_memory

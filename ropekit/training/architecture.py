@@ -16,7 +16,7 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
-from ropekit.registry.errors import InvalidConfigError
+from ropekit.errors import InvalidConfigError
 
 #: sub-configs that hold a VLM's language model, in the order they are tried
 TEXT_CONFIG_KEYS = ("text_config", "llm_config", "language_config")

@@ -17,7 +17,7 @@ import importlib.util
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from ropekit.registry.errors import AttentionBackendError
+from ropekit.errors import AttentionBackendError
 
 #: the longest target that may train without FlashAttention
 SDPA_MAX_CONTEXT = 16384

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from ropekit.registry.errors import EvalPackError, InvalidRequestError, ResolutionError
+from ropekit.errors import EvalPackError, InvalidRequestError, ResolutionError
 
 MIN_LONG_EXAMPLES = 50
 RECOMMENDED_LONG_EXAMPLES = (50, 200)

@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from ropekit.registry.errors import InvalidRequestError
+from ropekit.errors import InvalidRequestError
 
 from .architecture import Architecture, read_architecture
 

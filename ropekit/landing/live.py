@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from .engine import Plan, apply_config
-from .family import ShippedScaling
-from .landing import check_model, rotary_modules
-from .long_context import LongContextConfig
-from .manager import Registry, get_registry
-from .receipt import Receipt
+from ropekit.landing.check import check_model
+from ropekit.landing.rotary import rebuild_rotaries, rotary_modules
+from ropekit.receipt import Receipt
+from ropekit.registry.family import ShippedScaling
+from ropekit.registry.manager import Registry, get_registry
+from ropekit.scaling.engine import Plan, apply_config
+from ropekit.scaling.long_context import LongContextConfig
 
 
 def is_live_model(target: Any) -> bool:
@@ -49,30 +50,3 @@ def patch_model(model: Any, request: LongContextConfig, *, registry: Registry | 
         for fam in touched:
             fam.refresh_live_modules(model)
         raise
-
-
-def rebuild_rotaries(model: Any, device: Any = None, swap: tuple[Any, Any] | None = None) -> list[str]:
-    """Rebuild every rotary module of the language tower from the config it holds.
-
-    Buffers are built in fp32 (as transformers does) and moved to the old module's
-    device (or ``device``) without changing their dtype. ``swap=(old, new)`` rebuilds
-    modules that hold config ``old`` from ``new`` instead. Returns the rebuilt names.
-    """
-    import torch
-
-    rebuilt = []
-    for name, parent, attr, old in list(rotary_modules(model)):
-        config = getattr(old, "config", None)
-        if swap is not None and config is swap[0]:
-            config = swap[1]
-        if config is None:
-            config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-        with torch.device("cpu"):
-            new = type(old)(config=config)
-        target = device
-        if target is None:
-            first = next(old.buffers(), None)
-            target = first.device if first is not None and first.device.type != "meta" else torch.device("cpu")
-        setattr(parent, attr, new.to(device=target))
-        rebuilt.append(name)
-    return rebuilt

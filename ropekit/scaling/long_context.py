@@ -5,9 +5,15 @@ from __future__ import annotations
 import math
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-from .errors import InvalidRequestError
+from ropekit.errors import InvalidRequestError
 
 OnExisting = Literal["refuse", "compound", "replace"]
 

@@ -14,17 +14,26 @@ import platform
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from .config_view import _MISSING, Change, ConfigView, RopeSite
-from .constants import dist_version
-from .errors import (
-    CompoundingError, InvalidRequestError, UnstableFactorError, WindowMismatchError,
+from ropekit.constants import dist_version
+from ropekit.errors import (
+    CompoundingError,
+    InvalidRequestError,
+    UnstableFactorError,
+    WindowMismatchError,
 )
-from .family import UNSCALED_TYPES, Family, ShippedScaling
-from .landing import check_transformers_support
-from .long_context import LongContextConfig
-from .manager import Registry, get_registry
-from .methods import SCALING_KEYS, MethodRequest, ScalingMethod, closed_form, new_window
-from .receipt import SCHEMA, Receipt, config_field_hashes, config_sha256
+from ropekit.receipt import SCHEMA, Receipt, config_field_hashes, config_sha256
+from ropekit.registry.family import UNSCALED_TYPES, Family, ShippedScaling
+from ropekit.registry.manager import Registry, get_registry
+from ropekit.scaling.config_view import _MISSING, Change, ConfigView, RopeSite
+from ropekit.scaling.long_context import LongContextConfig
+from ropekit.scaling.methods import (
+    SCALING_KEYS,
+    MethodRequest,
+    ScalingMethod,
+    closed_form,
+    new_window,
+)
+from ropekit.scaling.transformers_support import check_transformers_support
 
 AUTO_YARN_FROM = 4.0
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
-from .errors import InvalidConfigError
+from ropekit.errors import InvalidConfigError
 
 INDEX = "index.json"
 

@@ -13,14 +13,15 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-from . import constants
-from .config_view import ConfigView, RopeSite
-from .errors import InvalidConfigError, LandingError, TransformersVersionError
-from .manager import Registry, get_registry
-from .methods import closed_form
-from .receipt import same_value
+from ropekit.errors import InvalidConfigError, LandingError
+from ropekit.landing.rotary import rotary_modules, skeleton_with_rotaries
+from ropekit.receipt import same_value
+from ropekit.registry.manager import Registry, get_registry
+from ropekit.scaling.config_view import ConfigView, RopeSite
+from ropekit.scaling.methods import closed_form
+from ropekit.scaling.transformers_support import transformers_version
 
 TOLERANCE = 1e-6
 
@@ -98,74 +99,6 @@ class LandingReport:
                 "modules_checked": len(self.checks),
                 "max_rel_error": self.max_rel_error if self.checks else None, "tolerance": TOLERANCE,
                 "checks": [c.to_json() for c in self.checks], "problems": list(self.problems)}
-
-
-def transformers_version() -> str | None:
-    return constants.dist_version("transformers")
-
-
-def _version_tuple(version: str) -> tuple[int, int, int]:
-    parts = []
-    for piece in version.split(".")[:3]:
-        digits = "".join(ch for ch in piece if ch.isdigit())
-        parts.append(int(digits or 0))
-    return tuple(parts + [0] * (3 - len(parts)))  # type: ignore[return-value]
-
-
-def check_transformers_support(rope: dict[str, Any], max_position_embeddings: int,
-                               version: str | None = None) -> None:
-    """Refuse a rope dict the given (default: installed) transformers would mishandle.
-
-    4.46-4.50 ignore YaRN's original_max_position_embeddings and ramp from
-    max_position_embeddings; 4.51-4.55 replace YaRN's factor with
-    max_position_embeddings / original, which is exact only when the two agree.
-    """
-    version = version or transformers_version()
-    if not version or rope.get("rope_type") != "yarn":
-        return
-    v = _version_tuple(version)
-    original = rope.get("original_max_position_embeddings")
-    if (4, 46, 0) <= v < (4, 51, 0) and original and original != max_position_embeddings:
-        raise TransformersVersionError(
-            f"transformers {version} ignores yarn's original_max_position_embeddings and would ramp from "
-            f"{max_position_embeddings}; upgrade with pip install -U 'transformers>=4.57'"
-        )
-    if (4, 51, 0) <= v < (4, 56, 0) and original:
-        implied = max_position_embeddings / original
-        if not math.isclose(implied, float(rope["factor"]), rel_tol=1e-9):
-            raise TransformersVersionError(
-                f"transformers {version} replaces yarn's factor {rope['factor']:g} with "
-                f"max_position_embeddings/original = {implied:g}; upgrade with pip install -U 'transformers>=4.57'"
-            )
-
-
-# --- finding rotary modules -------------------------------------------------------------
-
-def language_tower(model: Any) -> Any:
-    """The decoder that reads the text config (a VLM's language model), else the model."""
-    get_decoder = getattr(model, "get_decoder", None)
-    if callable(get_decoder):
-        try:
-            decoder = get_decoder()
-        except (AttributeError, NotImplementedError):
-            decoder = None
-        if decoder is not None:
-            return decoder
-    return model
-
-
-def rotary_modules(model: Any) -> Iterator[tuple[str, Any, str, Any]]:
-    """``(qualified name, parent, attribute, module)`` for each rotary module of the language tower."""
-    tower = language_tower(model)
-    prefix = next((n for n, m in model.named_modules() if m is tower), "")
-    for name, module in tower.named_modules():
-        if not type(module).__name__.endswith("RotaryEmbedding"):
-            continue
-        if not any(b.endswith("inv_freq") for b, _ in module.named_buffers(recurse=False)):
-            continue
-        parent_name, _, attr = name.rpartition(".")
-        parent = tower.get_submodule(parent_name) if parent_name else tower
-        yield ".".join(p for p in (prefix, name) if p), parent, attr, module
 
 
 # --- the check --------------------------------------------------------------------------
@@ -277,9 +210,9 @@ def _check_module(name: str, module: Any, view: ConfigView, family: Any, primary
 
 
 def _verify_folder(path: Path, *, registry: Registry | None) -> LandingReport:
-    from .hub import resolve
-    from .receipt import Receipt
-    from .constants import RECEIPT_FILENAME
+    from ropekit.constants import RECEIPT_FILENAME
+    from ropekit.hub.resolve import resolve
+    from ropekit.receipt import Receipt
 
     resolved = resolve(path)
     folder = resolved.path.parent if resolved.path else path
@@ -289,70 +222,3 @@ def _verify_folder(path: Path, *, registry: Registry | None) -> LandingReport:
     return check_model(model, registry=registry, receipt=receipt)
 
 
-def skeleton_with_rotaries(config_dict: dict[str, Any]) -> Any:
-    """A model skeleton on the meta device whose rotary modules are real (built on CPU).
-
-    No weights are allocated: the skeleton keeps one decoder layer per layer type
-    (rotary modules do not depend on depth or expert count) and lives on the meta
-    device; its rotary modules are then rebuilt, on the CPU, from the full config,
-    exactly as transformers builds them. ``model.config`` is the full config.
-    """
-    import torch
-    from transformers import AutoConfig
-
-    data = {k: v for k, v in config_dict.items() if k not in {"auto_map"}}
-    model_type = data.get("model_type")
-    try:
-        config = AutoConfig.for_model(**data)
-        shallow = AutoConfig.for_model(**_one_layer_per_type(data))
-    except (KeyError, ValueError, TypeError) as exc:
-        raise InvalidConfigError(f"the installed transformers cannot build model_type {model_type!r} ({exc}); "
-                                 "upgrade transformers or check the config") from None
-    with torch.device("meta"):
-        model = _model_class_for(config)._from_config(shallow)
-    model.config = config
-    from .live import rebuild_rotaries
-
-    full_text = config.get_text_config() if hasattr(config, "get_text_config") else config
-    shallow_text = shallow.get_text_config() if hasattr(shallow, "get_text_config") else shallow
-    rebuild_rotaries(model, device=torch.device("cpu"), swap=(shallow_text, full_text))
-    return model
-
-
-def _one_layer_per_type(data: dict[str, Any]) -> dict[str, Any]:
-    """The config with as few decoder layers as keep every layer type (for a fast skeleton)."""
-    import copy
-
-    out = copy.deepcopy(data)
-    text = out["text_config"] if isinstance(out.get("text_config"), dict) else out
-    layers = text.get("num_hidden_layers")
-    if not isinstance(layers, int) or isinstance(layers, bool) or layers <= 1:
-        return out
-    types = text.get("layer_types")
-    if isinstance(types, list) and types:
-        distinct = list(dict.fromkeys(types))
-        text["layer_types"], text["num_hidden_layers"] = distinct, len(distinct)
-    elif "sliding_window_pattern" in text or (
-            "sliding_window" in text and str(text.get("model_type") or "").startswith("gemma")):
-        return out  # layer types derived from a pattern: keep the depth
-    else:
-        text["num_hidden_layers"] = 1
-    return out
-
-
-def _model_class_for(config: Any) -> Any:
-    import transformers
-
-    names = list(getattr(config, "architectures", None) or [])
-    for name in names:
-        cls = getattr(transformers, name, None)
-        if cls is not None:
-            return cls
-    for auto in ("AutoModelForCausalLM", "AutoModelForImageTextToText", "AutoModel"):
-        try:
-            getattr(transformers, auto)._model_mapping[type(config)]
-        except KeyError:
-            continue
-        return getattr(transformers, auto)._model_mapping[type(config)]
-    raise InvalidConfigError(f"no transformers model class for {type(config).__name__}; "
-                             "upgrade transformers or check the config's architectures")

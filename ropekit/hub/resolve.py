@@ -15,19 +15,23 @@ itself on each call. huggingface_hub is imported only when a Hub id is resolved.
 from __future__ import annotations
 
 import functools
-import json
-import math
 import os
 import re
-import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import catalog, constants
-from .errors import HubUnavailableError, InvalidConfigError, ResolutionError, RopekitError
-from .family import ShippedScaling
-from .lineage import Ancestor, card_base_models, follow, local_card_base_models
+import ropekit.constants as constants
+import ropekit.hub.catalog as catalog
+from ropekit.errors import HubUnavailableError, ResolutionError, RopekitError
+from ropekit.hub.lineage import (
+    Ancestor,
+    card_base_models,
+    follow,
+    local_card_base_models,
+)
+from ropekit.jsonio import read_config_file, shown
+from ropekit.registry.family import ShippedScaling
 
 CONFIG = "config.json"
 README = "README.md"
@@ -66,197 +70,6 @@ class ResolvedConfig:
         return out
 
 
-# --- reading JSON files as data ------------------------------------------------------------
-#: largest JSON file ropekit reads: a Hugging Face config.json is a few KB, the biggest
-#: (id2label tables of ~22k classes) about 1 MB, and a receipt a few KB
-MAX_JSON_BYTES = 16 * 1024 * 1024
-#: deepest nesting accepted: Hub configs nest at most 4 levels (text_config.rope_parameters...)
-MAX_JSON_DEPTH = 64
-#: most objects and arrays accepted (counted as '{' and '[' characters before parsing): Hub
-#: configs hold a few dozen; the limit keeps a file of 16 MiB of ``{}`` from taking GBs
-MAX_JSON_CONTAINERS = 100_000
-_MIB = 1024 * 1024
-_BOM = b"\xef\xbb\xbf"
-
-
-def read_bounded(path: Path, *, limit: int = MAX_JSON_BYTES, kind: str = "config.json") -> bytes:
-    """The bytes of a regular file of at most ``limit`` bytes, refused by size before reading.
-
-    FIFOs, devices and sockets are refused without blocking (``open`` is non-blocking and
-    the type is checked on the open descriptor, so a swapped file cannot slip in).
-    """
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
-    except IsADirectoryError:
-        raise ResolutionError(f"{path} is a folder without {kind}; point at a model folder") from None
-    except (OSError, ValueError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise ResolutionError(f"cannot read {path} ({reason}); check the path and permissions") from None
-    with os.fdopen(fd, "rb") as handle:
-        info = os.fstat(handle.fileno())
-        if stat.S_ISDIR(info.st_mode):
-            raise ResolutionError(f"{path} is a folder without {kind}; point at a model folder")
-        if not stat.S_ISREG(info.st_mode):
-            raise InvalidConfigError(f"{path} is not a regular file (a pipe, device or socket); "
-                                     f"point at the model's {kind} file")
-        if info.st_size > limit:
-            raise InvalidConfigError(_too_big(path, info.st_size, limit, kind))
-        data = handle.read(info.st_size + 1)
-        while len(data) <= limit:  # the file grew since fstat: read on, in small steps, up to the limit
-            more = handle.read(min(64 * 1024, limit + 1 - len(data)))
-            if not more:
-                break
-            data += more
-    if len(data) > limit:
-        raise InvalidConfigError(_too_big(path, len(data), limit, kind))
-    return data
-
-
-def _too_big(path: Path, size: int, limit: int, kind: str) -> str:
-    return (f"{path} is {size / _MIB:.1f} MiB, over ropekit's {limit / _MIB:g} MiB limit for a {kind} "
-            f"(a Hugging Face config.json or a ropekit receipt is a few KB); point at the model's real {kind}, "
-            "not a weights or data file")
-
-
-def parse_json(raw: bytes | str, where: str, fix: str) -> Any:
-    """Parse JSON strictly, with one-line errors that name ``where`` and end with ``fix``.
-
-    Stricter than ``json.loads``, so that every reader of the file sees the same values:
-    text must be UTF-8 without a byte-order mark (transformers 4.57 and 5.x cannot load a
-    config.json that starts with one); ``NaN``, ``Infinity``, ``-Infinity`` and numbers too
-    large for a float are refused, naming their key path; a key repeated in one object is
-    refused (``json.loads`` and transformers silently keep the last one, other parsers the
-    first); nesting deeper than :data:`MAX_JSON_DEPTH`, or more than
-    :data:`MAX_JSON_CONTAINERS` objects and arrays, is refused. Whitespace, key order and
-    escapes are free: two files that parse to the same values are the same file.
-    Time and memory stay bounded (about a second and a few hundred MB at worst, for a
-    16 MiB file of small numbers); nothing recurses on the parsed value.
-    """
-    text = _decode(raw, where, fix)
-    containers = text.count("{") + text.count("[")  # an upper bound: brackets in strings count too
-    if containers > MAX_JSON_CONTAINERS:
-        raise InvalidConfigError(f"{where} holds over {MAX_JSON_CONTAINERS} JSON objects and arrays ({containers} "
-                                 "'{' and '[' characters; a Hugging Face config holds a few dozen); " + fix)
-    duplicates: dict[int, str] = {}  # id of an object -> a key it repeats (named with its path later)
-    constants: list[str] = []
-
-    def pairs_hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-        obj = dict(pairs)
-        if len(obj) != len(pairs):
-            duplicates[id(obj)] = _first_repeat(key for key, _ in pairs)
-        return obj
-
-    def constant_hook(name: str) -> float:  # NaN, Infinity, -Infinity: named with their path later
-        constants.append(name)
-        return float(name)
-
-    try:
-        value = json.loads(text, object_pairs_hook=pairs_hook, parse_constant=constant_hook)
-    except json.JSONDecodeError as exc:
-        raise InvalidConfigError(f"{where} is not valid JSON (line {exc.lineno}: {exc.msg}); {fix}") from None
-    except RecursionError:
-        raise InvalidConfigError(f"{where} nests JSON deeper than Python can parse (a Hugging Face config "
-                                 f"nests at most a few levels, ropekit accepts {MAX_JSON_DEPTH}); {fix}") from None
-    except ValueError as exc:  # e.g. an integer longer than Python's 4300-digit limit
-        raise InvalidConfigError(f"{where} holds a number Python cannot read ({str(exc).splitlines()[0]}); "
-                                 f"{fix}") from None
-    floats = bool(constants) or _HUGE_NUMBER.search(text) is not None
-    _check_tree(value, where, fix, duplicates, containers, floats)
-    return value
-
-
-#: a literal that may overflow a float (a 3-digit exponent or 300 digits): only then are floats checked
-_HUGE_NUMBER = re.compile(r"[eE][+]?0*[1-9][0-9]{2}|[0-9]{300}")
-
-
-def _decode(raw: bytes | str, where: str, fix: str) -> str:
-    if isinstance(raw, str):
-        if raw.startswith("\ufeff"):
-            raise InvalidConfigError(_bom_message(where, fix))
-        return raw
-    if raw.startswith(_BOM):
-        raise InvalidConfigError(_bom_message(where, fix))
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        encoding = " (it looks like UTF-16 or UTF-32)" if raw[:2] in (b"\xff\xfe", b"\xfe\xff") \
-            or b"\x00" in raw[:4] else ""
-        raise InvalidConfigError(f"{where} is not UTF-8 text{encoding}: byte {exc.start} is "
-                                 f"{raw[exc.start:exc.start + 1]!r}; {fix}") from None
-
-
-def _first_repeat(keys: Any) -> str:
-    seen: set[str] = set()
-    for key in keys:
-        if key in seen:
-            return key
-        seen.add(key)
-    return ""
-
-
-def _bom_message(where: str, fix: str) -> str:
-    return (f"{where} starts with a UTF-8 byte-order mark, which transformers cannot load; save it as "
-            f"UTF-8 without a BOM (remove the first three bytes); {fix}")
-
-
-def _check_tree(value: Any, where: str, fix: str, duplicates: dict[int, str], containers: int,
-                floats: bool) -> None:
-    """Walk the parsed value without recursion: depth, repeated keys and (when ``floats``) non-finite numbers.
-
-    Items are scanned only while containers remain undiscovered (``containers`` counts them
-    from above) or floats need checking, so a long flat list costs nothing.
-    """
-    if type(value) is not dict and type(value) is not list:
-        _check_number(value, (), where, fix)
-        return
-    stack: list[tuple[Any, tuple[str | int, ...]]] = [(value, ())]
-    found = 1
-    while stack:
-        node, path = stack.pop()
-        if len(path) >= MAX_JSON_DEPTH:
-            raise InvalidConfigError(f"{where} nests deeper than {MAX_JSON_DEPTH} levels at "
-                                     f"{json_path(path)[:120]} (a Hugging Face config nests at most a few); {fix}")
-        if type(node) is dict and id(node) in duplicates:
-            key = json_path((*path, duplicates[id(node)]))
-            raise InvalidConfigError(f"{where} repeats the key {key} in one object (transformers would "
-                                     f"silently keep the last value); remove the duplicate; {fix}")
-        if found >= containers and not floats:
-            continue  # every container is already found: nothing below this one to look at
-        for key, child in (node.items() if type(node) is dict else enumerate(node)):
-            kind = type(child)
-            if kind is dict or kind is list:
-                stack.append((child, (*path, key)))
-                found += 1
-                if found >= containers and not floats:
-                    break
-            elif floats and kind is float and not -math.inf < child < math.inf:  # NaN fails too
-                _check_number(child, (*path, key), where, fix)
-
-
-def _check_number(value: Any, path: tuple[str | int, ...], where: str, fix: str) -> None:
-    if isinstance(value, float) and not math.isfinite(value):
-        sign = "-" if value < 0 else ""
-        literal = "NaN" if math.isnan(value) else f"{sign}Infinity (or a number too large for a float)"
-        raise InvalidConfigError(f"{where} holds {literal} at {json_path(path)}; JSON has no such number and the "
-                                 f"receipt cannot record it; write a finite number; {fix}")
-
-
-def json_path(path: tuple[str | int, ...]) -> str:
-    """A key path as config.json readers write it: ``text_config.rope_scaling.factor``, ``layer_types[3]``."""
-    text = ""
-    for part in path:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
-    return text or "the top level"
-
-
-def read_config_file(path: Path) -> dict[str, Any]:
-    """Parse a config.json as data; one-line errors for anything unusable (see :func:`parse_json`)."""
-    config = parse_json(read_bounded(path), str(path), "fix or re-download the config.json")
-    if not isinstance(config, dict):
-        raise InvalidConfigError(f"{path} holds a JSON {type(config).__name__}; expected an object")
-    return config
-
-
 # --- validation -------------------------------------------------------------------------
 def is_repo_id(ref: str) -> bool:
     """True for a well-formed Hub model id (``org/name`` or a legacy bare ``name``)."""
@@ -285,15 +98,6 @@ def validate_revision(revision: Any) -> str:
                               "'.', '_', '-', '/'; no '..'; at most 255 characters); pass e.g. main, v1.0 or "
                               "a 40-character commit")
     return revision
-
-
-def shown(value: Any, limit: int = 300) -> str:
-    """``repr(value)``, cut to ``limit`` characters so that a hostile value keeps errors to one line."""
-    text = repr(value)
-    if len(text) <= limit:
-        return text
-    size = f" ({len(value)} characters)" if isinstance(value, (str, bytes)) else ""
-    return f"{text[:limit]}...{size}"
 
 
 # --- environment, read at call time -----------------------------------------------------

@@ -29,10 +29,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from .config_view import ConfigView
-from .errors import InvalidConfigError, RopekitError
-from .family import ShippedScaling
-from .manager import get_registry
+from ropekit.errors import InvalidConfigError, RopekitError
+from ropekit.registry.family import ShippedScaling
+from ropekit.registry.manager import get_registry
+from ropekit.scaling.config_view import ConfigView
 
 MAX_HOPS = 3
 README = "README.md"

@@ -18,8 +18,9 @@ from typing import Any
 
 import rfc8785
 
-from .config_view import ConfigView, is_missing
-from .errors import InvalidConfigError, ReceiptMismatchError, ResolutionError
+from ropekit.errors import InvalidConfigError, ReceiptMismatchError, ResolutionError
+from ropekit.jsonio import parse_json, read_bounded
+from ropekit.scaling.config_view import ConfigView, is_missing
 
 SCHEMA = "ropekit.receipt/1"
 
@@ -124,12 +125,11 @@ class Receipt:
 
     @classmethod
     def from_json(cls, text: str | bytes, *, where: str = "receipt") -> "Receipt":
-        """A receipt exactly as stored, parsed as strictly as config.json (see ``hub.parse_json``).
+        """A receipt exactly as stored, parsed as strictly as config.json (see ``jsonio.parse_json``).
 
         A receipt whose ``schema`` or one of its seals was edited or removed still loads, so
         that verification names the edit; a file that was never a receipt is refused.
         """
-        from .hub import parse_json
 
         data = parse_json(text, where, "restore the receipt from the patch output or re-run the patch")
         hashes = data.get("fields_sha256") if isinstance(data, dict) else None
@@ -143,8 +143,7 @@ class Receipt:
 
     @classmethod
     def load(cls, path: str | Path) -> "Receipt":
-        """Read a receipt file (at most ``hub.MAX_JSON_BYTES``, a regular file)."""
-        from .hub import read_bounded
+        """Read a receipt file (at most ``jsonio.MAX_JSON_BYTES``, a regular file)."""
 
         try:
             raw = read_bounded(Path(path), kind="rope_receipt.json")

@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import InvalidConfigError
+from ropekit.errors import InvalidConfigError
 
 RopeLayout = str  # "rope_scaling" (transformers 4.x) or "rope_parameters" (5.x)
 LEGACY = "rope_scaling"

@@ -1,0 +1,1 @@
+"""Resolve a Hub ID, a local folder or a config file: HF cache, Hub, model-card lineage, bundled catalog."""

@@ -1,0 +1,1 @@
+"""The scaling core: closed-form methods, the config view, the request model, and the engine (plan, apply, policy)."""
