@@ -1,10 +1,11 @@
 """Hostile input: every bad id, revision, config.json or receipt gives one clear RopekitError line.
 
-Each case goes through the Python API (in process, timed, tracemalloc peak measured)
-and the real command line (``python -m ropekit`` in a child, timed against the
-child's own start-up cost, with the child's peak RSS read from ``os.wait4``). The
-limits asserted: under a second of work beyond interpreter start, and memory that
-never follows the file (a 100 MiB config.json must not be read).
+Each case goes through the Python API (in process, tracemalloc peak measured) and the
+real command line (``python -m ropekit`` in a child, with the child's peak RSS read
+from ``os.wait4`` and compared with a bare ``ropekit --version``). The limit asserted
+is memory that never follows the file (a 100 MiB config.json must not be read) and a
+command line that stays light (no torch or transformers import on an input error).
+Speed is measured in ``bench/run.py``, never asserted here.
 """
 
 from __future__ import annotations
@@ -12,12 +13,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
 import threading
-import time
 import tracemalloc
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +35,6 @@ LLAMA31 = FIXTURES / "meta-llama__Llama-3.1-8B-Instruct" / "config.json"
 LLAMA3 = FIXTURES / "meta-llama__Meta-Llama-3-8B-Instruct" / "config.json"
 YARN4 = LongContextConfig(method="yarn", factor=4.0)
 MIB = 1024 * 1024
-WORK_LIMIT_S = 1.0  # seconds of work beyond interpreter start
 PEAK_LIMIT = 8 * MIB  # in-process tracemalloc peak
 RSS_LIMIT_KIB = 32 * 1024  # child's peak RSS above a bare ``ropekit --version``
 
@@ -113,24 +111,21 @@ def target_of(hostile_dir: Path, name: str) -> str:
 
 @dataclass
 class Measured:
-    seconds: float
     peak_bytes: int
 
 
 def measured(call) -> tuple[BaseException | None, Measured]:
-    """Run ``call`` in process; the exception it raised, its duration and tracemalloc peak."""
+    """Run ``call`` in process; the exception it raised and its tracemalloc peak."""
     get_registry()  # the registry is built once per process in real use: not part of the call
     tracemalloc.start()
-    start = time.perf_counter()
     raised = None
     try:
         call()
     except BaseException as exc:  # noqa: BLE001 - the test inspects it
         raised = exc
-    seconds = time.perf_counter() - start
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
-    return raised, Measured(seconds, peak)
+    return raised, Measured(peak)
 
 
 def assert_one_clear_error(raised: BaseException | None, words: tuple[str, ...], cost: Measured,
@@ -141,7 +136,6 @@ def assert_one_clear_error(raised: BaseException | None, words: tuple[str, ...],
     for word in words:
         assert word in message, (word, message)
     assert raised.exit_code == 4
-    assert cost.seconds < WORK_LIMIT_S, cost
     assert cost.peak_bytes < PEAK_LIMIT, cost
 
 
@@ -199,11 +193,9 @@ def test_nesting_limit_is_exact_and_the_deepest_accepted_config_patches_verifies
     folder.mkdir()
     original = LLAMA3.read_text().replace('"vocab_size": 128256', deepest).encode()
     (folder / "config.json").write_bytes(original)
-    start = time.perf_counter()
     files.patch_folder(resolve(folder), YARN4, in_place=True)
     files.verify_folder(folder)
     files.revert_folder(folder)
-    assert time.perf_counter() - start < WORK_LIMIT_S
     assert (folder / "config.json").read_bytes() == original
 
 
@@ -314,27 +306,24 @@ class Run:
     code: int
     stdout: str
     stderr: str
-    wall: float
     maxrss_kib: int
 
 
 def ropekit_child(*args: str, cwd: Path, env: dict[str, str]) -> Run:
-    """``python -m ropekit ARGS`` with its exit code, output, wall time and peak RSS (from wait4)."""
+    """``python -m ropekit ARGS`` with its exit code, output and peak RSS (from wait4)."""
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        start = time.perf_counter()
         proc = subprocess.Popen([sys.executable, "-m", "ropekit", *args], stdout=out, stderr=err, cwd=cwd,
                                 env=env)
-        watchdog = threading.Timer(60, proc.kill)
+        watchdog = threading.Timer(120, proc.kill)  # catches a hang only
         watchdog.start()
         try:
             _, status, usage = os.wait4(proc.pid, 0)
         finally:
             watchdog.cancel()
-        wall = time.perf_counter() - start
         proc.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)
         err.seek(0)
-        return Run(proc.returncode, out.read().decode(), err.read().decode(), wall, usage.ru_maxrss)
+        return Run(proc.returncode, out.read().decode(), err.read().decode(), usage.ru_maxrss)
 
 
 @pytest.fixture(scope="module")
@@ -348,7 +337,7 @@ def child(tmp_path_factory):
     env.pop("ROPEKIT_DISABLE_PLUGINS", None)
     runs = [ropekit_child("--version", cwd=cwd, env=env) for _ in range(3)]
     assert all(r.code == 0 for r in runs)
-    baseline = Run(0, "", "", statistics.median(r.wall for r in runs), max(r.maxrss_kib for r in runs))
+    baseline = Run(0, "", "", max(r.maxrss_kib for r in runs))
 
     def run(*args: str) -> Run:
         return ropekit_child(*args, cwd=cwd, env=env)
@@ -365,7 +354,6 @@ def assert_cli_error(run: Run, baseline: Run, words: tuple[str, ...], code: int 
     assert "Traceback" not in run.stderr and "internal error" not in run.stderr
     for word in words:
         assert word in lines[0], (word, lines[0])
-    assert run.wall - baseline.wall < WORK_LIMIT_S, (run.wall, baseline.wall)
     assert run.maxrss_kib - baseline.maxrss_kib < RSS_LIMIT_KIB, (run.maxrss_kib, baseline.maxrss_kib)
 
 
@@ -391,7 +379,6 @@ def test_cli_audit_reports_every_hostile_config_in_its_row_and_goes_on(child, ho
     for name, row in zip(names, rows):
         assert all(word in row["error"] for word in CONFIG_WORDS[name]), (name, row["error"])
     assert rows[-1]["error"] is None and rows[-1]["long_context"]["new_max_position_embeddings"] == 32768
-    assert result.wall - child.baseline.wall < len(rows) * WORK_LIMIT_S
     assert result.maxrss_kib - child.baseline.maxrss_kib < RSS_LIMIT_KIB
 
 

@@ -557,8 +557,6 @@ def test_resolved_config_receipt_fields():
 
 def test_an_unresolvable_hub_is_not_retried(tmp_path, monkeypatch):
     """No name resolution means no network: answer from cache or catalog at once, not after retries."""
-    import time
-
     from ropekit.hub import resolve as hub
 
     set_offline(monkeypatch, False)
@@ -572,9 +570,7 @@ def test_an_unresolvable_hub_is_not_retried(tmp_path, monkeypatch):
         raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
 
     monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
-    start = time.perf_counter()
     resolved = resolve("Qwen/Qwen2.5-7B-Instruct")
     assert resolved.source == "catalog"
-    assert time.perf_counter() - start < 2.0
     assert asked == ["hub.invalid"]
     assert any("could not be reached" in note for note in resolved.notes)
