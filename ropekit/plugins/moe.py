@@ -14,13 +14,10 @@ The experts do not touch rotary embeddings; what differs is each family's rope q
 
 from __future__ import annotations
 
-from types import MappingProxyType
-from typing import Any
-
+from ropekit.plugins.mla import MlaFamily
 from ropekit.plugins.qwen import QwenWindow
 from ropekit.registry.family import Family
 from ropekit.registry.hookspecs import hookimpl
-from ropekit.scaling.config_view import ConfigView, RopeSite, positive_int
 
 
 class MixtralFamily(Family):
@@ -38,42 +35,18 @@ class QwenMoeFamily(QwenWindow):
     description = "Qwen1.5/2-MoE and Qwen3-MoE; Qwen's native-window rule (32768 where rope_theta is 1e6)"
 
 
-class DeepSeekFamily(Family):
+class DeepSeekFamily(MlaFamily):
+    """DeepSeek-V2/V3: MLA, so only ``qk_rope_head_dim`` rotates and live softmax scales follow a patch.
+
+    transformers sets ``head_dim`` to ``qk_rope_head_dim``, unless a file names ``head_dim``
+    itself, which then wins (4.57 and 5.x alike); hidden_size / heads never applies.
+    """
+
     name = "deepseek"
     model_types = ("deepseek_v2", "deepseek_v3")
-    config_defaults = MappingProxyType({"qk_rope_head_dim": 64})
+    forces_rope_head_dim = False
     description = ("DeepSeek-V2/V3 (MLA): ship yarn x40 from 4096 with mscale; rope covers "
                    "qk_rope_head_dim only")
-
-    def rotary_dim(self, view: ConfigView, site: RopeSite) -> int:
-        """Only the decoupled rope part of each query/key head rotates: ``qk_rope_head_dim``.
-
-        transformers sets ``head_dim`` to it, unless a file names ``head_dim`` itself, which
-        then wins (4.57 and 5.x alike); hidden_size / heads never applies.
-        """
-        key = "head_dim" if view.get(site.path, "head_dim") is not None else "qk_rope_head_dim"
-        return positive_int(self.setting(view, site, key), ".".join([*site.path, key]))
-
-    def refresh_live_modules(self, model: Any) -> list[str]:
-        """Recompute each attention's softmax scale, which folds in YaRN's mscale_all_dim.
-
-        The attention is rebuilt on the meta device from its (patched) config, so the
-        scale follows whatever rule the installed transformers applies; no weights move.
-        """
-        import torch
-
-        from ropekit.landing.rotary import language_tower
-
-        refreshed = []
-        for name, module in language_tower(model).named_modules():
-            if not (hasattr(module, "qk_head_dim") and hasattr(module, "scaling")
-                    and hasattr(module, "layer_idx") and hasattr(module, "config")):
-                continue
-            with torch.device("meta"):
-                fresh = type(module)(module.config, module.layer_idx)
-            module.scaling = fresh.scaling
-            refreshed.append(name)
-        return refreshed
 
 
 class GptOssFamily(Family):

@@ -19,6 +19,8 @@ Native windows: Qwen2-VL and Qwen2.5-VL were trained at 32768 (Qwen2.5-VL files 
 
 from __future__ import annotations
 
+from types import MappingProxyType
+
 from ropekit.plugins.qwen import QwenWindow
 from ropekit.registry.family import Family
 from ropekit.registry.hookspecs import hookimpl
@@ -46,7 +48,27 @@ class Qwen3VLFamily(Family):
                    "max_position_embeddings (262144)")
 
 
+class Qwen35Family(Family):
+    """Qwen3.5 and Qwen3.6, dense (``qwen3_5``) and MoE (``qwen3_5_moe``): natively multimodal.
+
+    The language model's settings live in ``text_config.rope_parameters``: one flat dict for
+    every layer (the ``layer_types`` list tells Gated DeltaNet ``linear_attention`` layers
+    from ``full_attention`` ones, and only the latter apply rope). Only a quarter of each
+    head rotates: the config class defaults ``partial_rotary_factor`` to 0.25
+    (``Qwen3_5TextConfig.__post_init__``), so head_dim 256 rotates 64 dimensions.
+    Interleaved M-RoPE (``mrope_interleaved``, ``mrope_section`` [11, 11, 10]) is kept. The
+    model card gives 262144 tokens as the native context, the file's ``max_position_embeddings``.
+    """
+
+    name = "qwen3_5"
+    model_types = ("qwen3_5", "qwen3_5_moe", "qwen3_5_text", "qwen3_5_moe_text")
+    config_defaults = MappingProxyType({"partial_rotary_factor": 0.25})
+    description = ("Qwen3.5/3.6 dense and MoE: text_config, partial rotary 0.25, interleaved "
+                   "M-RoPE kept; native window max_position_embeddings (262144)")
+
+
 @hookimpl
 def register_families(register):
     register(Qwen2VLFamily())
     register(Qwen3VLFamily())
+    register(Qwen35Family())

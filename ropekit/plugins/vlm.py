@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 from types import MappingProxyType
+from typing import Any
 
 from ropekit.errors import InvalidConfigError, UnknownFamilyError
 from ropekit.registry.family import Family, FamilyLookup
@@ -54,7 +55,7 @@ class VisionLanguageFamily(Family):
                 f"{wrapper!r} config has no {' or '.join(self.text_config_keys)}; expected the language "
                 "model's settings there; pass the model's full config.json"
             )
-        inner_type = view.get((key,), "model_type") or DEFAULT_TEXT_MODEL.get(wrapper)
+        inner_type = self.text_model_type(view, key)
         if not isinstance(inner_type, str):
             raise InvalidConfigError(
                 f"{wrapper!r} config's {key} has no model_type; expected the language model's "
@@ -83,6 +84,10 @@ class VisionLanguageFamily(Family):
         adapted.top_level_sites = False  # type: ignore[misc]
         adapted.config_defaults = MappingProxyType({**defaults, **inner.config_defaults})  # type: ignore[misc]
         return adapted
+
+    def text_model_type(self, view: ConfigView, key: str) -> Any:
+        """The language model's model_type: ``key``'s own, else the wrapper's default one."""
+        return view.get((key,), "model_type") or DEFAULT_TEXT_MODEL.get(view.model_type())
 
 
 class MllamaTextFamily(Family):

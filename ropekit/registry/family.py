@@ -221,6 +221,11 @@ class Family:
         rope = view.read_rope(site)
         partial = rope.get("partial_rotary_factor", self.setting(view, site, "partial_rotary_factor"))
         partial = 1.0 if partial is None else positive_float(partial, "partial_rotary_factor")
+        return self.rotary_dim_from(head_dim, partial)
+
+    @staticmethod
+    def rotary_dim_from(head_dim: int, partial: float) -> int:
+        """``int(head_dim * partial)`` as transformers computes it; refused unless even and >= 4."""
         dim = int(head_dim * partial)
         if dim < 4 or dim % 2:
             raise InvalidConfigError(
@@ -236,6 +241,12 @@ class Family:
                 f"family '{self.name}' does not support method {method!r}; "
                 f"choose one of {', '.join(self.methods) or 'none'}"
             )
+
+    def implied_settings(self, view: ConfigView, site: RopeSite) -> dict[str, Any]:
+        """Values at ``site``'s container that the config class builds when config.json leaves
+        them out, and that a patch edits inside: written out first, as the class builds them
+        (MiMo-V2-Flash's per-layer-type ``rope_parameters``). Empty when the config has them."""
+        return {}
 
     def extra_changes(self, view: ConfigView, site: RopeSite, method: str) -> dict[str, Any]:
         """Container-level values a patch must also set at ``site`` (e.g. a missing head_dim)."""

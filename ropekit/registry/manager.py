@@ -53,6 +53,12 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "ropekit.plugins.gemma",
     "ropekit.plugins.phi",
     "ropekit.plugins.vlm",
+    "ropekit.plugins.mla",
+    "ropekit.plugins.kimi",
+    "ropekit.plugins.deepseek_v4",
+    "ropekit.plugins.minimax",
+    "ropekit.plugins.mimo",
+    "ropekit.plugins.step",
 )
 
 

@@ -230,6 +230,10 @@ def plan_config(target: Any, request: LongContextConfig, *, registry: Registry |
         req = MethodRequest(total, original, fam.rotary_dim(view, site), rope["rope_theta"],
                             request.beta_fast, request.beta_slow, request.attn_factor)
         site_changes, final_ropes[site.label] = _rope_changes(view, fam, site, rope, method, req, policy)
+        if site.path not in containers_done:  # what the class builds, written out where the patch leaves it
+            written = {c.path for c in site_changes}
+            changes += [c for c in _implied_changes(site.path, fam.implied_settings(view, site))
+                        if c.path not in written]
         changes += site_changes
         if site.path not in containers_done:
             containers_done.add(site.path)
@@ -272,6 +276,18 @@ def _rope_changes(view: ConfigView, fam: Family, site: RopeSite, rope: dict[str,
         changes.append(Change(site.path, view.rope_key(site, key), raw[key], None, removed=True))
     final = {k: v for k, v in {**rope, **updates}.items() if k not in removals}
     return changes, final
+
+
+def _implied_changes(container: tuple[str, ...], settings: dict[str, Any],
+                     prefix: tuple[str, ...] = ()) -> list[Change]:
+    """One change per leaf of values the config class builds (none of them in the file)."""
+    changes = []
+    for key, value in settings.items():
+        if isinstance(value, dict) and value:
+            changes += _implied_changes(container, value, (*prefix, key))
+        else:
+            changes.append(Change(container, (*prefix, key), _MISSING, value))
+    return changes
 
 
 def _container_changes(view: ConfigView, fam: Family, site: RopeSite, method: ScalingMethod,
