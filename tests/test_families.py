@@ -21,6 +21,8 @@ from conftest import (
     transformers_major,
 )
 
+from test_frontier import FRONTIER
+
 from ropekit import LongContextConfig, RopekitError, apply_rope_scaling, plan
 from ropekit.errors import (
     CompoundingError,
@@ -137,7 +139,7 @@ def _independent_attention(method: str, total: float, rope_before: dict) -> floa
     return 0.1 * math.log(total) + 1  # YaRN Eq. 22
 
 
-SOURCES = [(n, v) for n in FIXTURE_NAMES for v in ("file", "resaved", "object")] + \
+SOURCES = [(n, v) for n in EXPECT for v in ("file", "resaved", "object")] + \
           [(t, v) for t in CLASS_DEFAULTS for v in ("resaved", "object")]
 
 
@@ -218,7 +220,7 @@ def test_yarn_x4_lands_on_every_config(source, variant):
 
 
 def test_every_fixture_has_an_expectation():
-    assert sorted(EXPECT) == FIXTURE_NAMES
+    assert sorted({*EXPECT, *FRONTIER}) == FIXTURE_NAMES  # the frontier families: tests/test_frontier.py
 
 
 # --- Qwen ---------------------------------------------------------------------------------
