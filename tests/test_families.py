@@ -522,7 +522,7 @@ def test_unknown_model_type_names_the_families_and_the_way_out():
     assert "'olmo2'" in message and "plugin" in message and "family=" in message
     for family in set(BRIEF_MODEL_TYPES.values()):
         assert family in message
-    assert "\n" not in message and len(message) < 400
+    assert "\n" not in message and len(message) < 600  # one line, however many families are registered
     forced = plan(cfg, LongContextConfig(method="yarn", factor=4), family="llama")
     assert forced.family.name == "llama" and forced.new_window == 16384
     assert json.dumps(forced.to_json())

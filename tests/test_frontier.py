@@ -314,3 +314,42 @@ def test_kimi_text_config_lands_as_the_deepseek_v3_transformers_builds():
     assert len(got) == 32 and max(abs(g - e) / e for g, e in zip(got, expected)) <= 1e-6
     assert got[-1] == pytest.approx(5e4 ** (-62 / 64) / 256, rel=1e-5)
     assert float(rotary.attention_scaling) == pytest.approx(1.0, rel=1e-6)  # mscale = mscale_all_dim
+
+
+# --- live models with two ropes: every rotary module is rebuilt, the unscaled rope stays ----
+
+def _tiny(name: str) -> dict:
+    from tiny_models import shrink
+
+    cfg = shrink(load_fixture(name))
+    if name == "deepseek-ai__DeepSeek-V4-Flash":  # one sliding, one compressed, one heavily compressed layer
+        cfg.update(num_hidden_layers=3, compress_ratios=[0, 4, 128], num_hash_layers=1, head_dim=64,
+                   qk_rope_head_dim=8, o_lora_rank=16, o_groups=2, index_head_dim=16, index_n_heads=2)
+    if name == "XiaomiMiMo__MiMo-V2-Flash":  # int(48 x 0.334) = 16 rotary dimensions
+        cfg.update(head_dim=48, v_head_dim=16)
+    return cfg
+
+
+@pytest.mark.parametrize("name, scaled, kept", [("deepseek-ai__DeepSeek-V4-Flash", "compress", "main"),
+                                                ("XiaomiMiMo__MiMo-V2-Flash", "full_attention", "sliding_attention")])
+def test_live_two_rope_model_lands_in_every_rotary_module(name, scaled, kept):
+    from tiny_models import build
+
+    from ropekit.landing.rotary import rotary_modules
+
+    exp = FRONTIER[name]
+    needs(exp.model_type)
+    model = build(_tiny(name))
+    kept_before = {n: getattr(m, f"{kept}_inv_freq").clone() for n, _, _, m in rotary_modules(model)}
+    p = plan(model, _request(exp))
+    receipt = apply_rope_scaling(model, _request(exp))
+    assert receipt["landing"]["landed"] and receipt["landing"]["modules_checked"] == 2 * len(kept_before)
+    expected, _ = p.expected()
+    modules = list(rotary_modules(model))
+    assert {n for n, _, _, _ in modules} == set(kept_before)  # the model's, compressors' and indexers' alike
+    for name_, _, _, module in modules:
+        got = getattr(module, f"{scaled}_inv_freq").double().tolist()
+        assert module.rope_type[scaled] == "yarn", name_
+        assert max(abs(g - e) / e for g, e in zip(got, expected)) <= 1e-6, name_
+        assert getattr(module, f"{scaled}_attention_scaling") == pytest.approx(exp.attention, rel=1e-6)
+        assert (getattr(module, f"{kept}_inv_freq") == kept_before[name_]).all(), name_
