@@ -221,6 +221,25 @@ def test_patch_then_verify_landing(name, cli, tmp_path):
     assert got[-1] == pytest.approx(exp.theta ** (-(d - 2) / d) / total, rel=1e-5)
 
 
+@pytest.mark.parametrize("variant", ["resaved", "object"])
+@pytest.mark.parametrize("name", FRONTIER)
+def test_installed_layout_and_config_objects_land_too(name, variant):
+    """The file re-saved by the installed transformers (5.x: rope_parameters), and the config object."""
+    exp = FRONTIER[name]
+    needs(exp.model_type)
+    config = _auto_config(load_fixture(name))
+    target = config if variant == "object" else config.to_dict()
+    p = plan(target, _request(exp))
+    assert (p.family.name, p.rotary_dim) == (exp.family, exp.rotary_dim)
+    apply_rope_scaling(target, _request(exp))
+    rotary = rotary_from_config(target if variant == "object" else _auto_config(target))
+    expected, attention = p.expected()
+    got = getattr(rotary, exp.buffer).double().tolist()
+    assert len(got) == exp.rotary_dim // 2
+    assert max(abs(g - e) / e for g, e in zip(got, expected)) <= 1e-6
+    assert getattr(rotary, exp.buffer.replace("inv_freq", "attention_scaling")) == pytest.approx(exp.attention)
+
+
 @pytest.mark.parametrize("name, kept, theta", [("XiaomiMiMo__MiMo-V2-Flash", "sliding_attention", 1e4),
                                                ("deepseek-ai__DeepSeek-V4-Flash", "main", 1e4)])
 def test_unscaled_rope_of_a_two_rope_model_is_untouched(name, kept, theta):

@@ -17,8 +17,9 @@ from ropekit.plugins.vlm import VisionLanguageFamily
 from ropekit.registry.hookspecs import hookimpl
 from ropekit.scaling.config_view import ConfigView
 
-#: what transformers' Kimi_K25Config loads a text_config of each type as
-KIMI_TEXT_MODEL = {"kimi_k2": "deepseek_v3", None: "deepseek_v3"}
+#: the language model transformers' Kimi_K25Config builds for a text_config that says
+#: ``kimi_k2`` or names no type
+KIMI_TEXT_MODEL = "deepseek_v3"
 
 
 class KimiK25Family(VisionLanguageFamily):
@@ -30,7 +31,7 @@ class KimiK25Family(VisionLanguageFamily):
 
     def text_model_type(self, view: ConfigView, key: str) -> Any:
         declared = view.get((key,), "model_type")
-        return KIMI_TEXT_MODEL.get(declared, declared)
+        return KIMI_TEXT_MODEL if declared in (None, "kimi_k2") else declared
 
 
 @hookimpl
