@@ -12,12 +12,19 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import math
 from pathlib import Path
 from typing import Any
 
 import rfc8785
 
+from ropekit.config_match import (
+    ROPE_KEYS,
+    default_config,
+    field_differences,
+    is_rope_field,
+    rope_differences,
+    same_value,
+)
 from ropekit.errors import InvalidConfigError, ReceiptMismatchError, ResolutionError
 from ropekit.jsonio import parse_json, read_bounded
 from ropekit.scaling.config_view import ConfigView, is_missing
@@ -206,30 +213,60 @@ def verify_receipt(receipt: Receipt | dict[str, Any], config: Any) -> Receipt:
         )
     _check_readable(receipt)
     view = config if isinstance(config, ConfigView) else ConfigView(config)
+    recorded_rope = receipt.get("rope_values")
+    rope_by_value = isinstance(recorded_rope, dict)  # receipts before rope_values compare rope keys by path
+    rope_problems = rope_differences(recorded_rope, view) if rope_by_value else []
     for change in receipt["changes"]:
-        value = view.lookup_path(change["path"])
-        dotted = ".".join(change["path"])
-        if change.get("removed"):
-            if not is_missing(value):
-                raise ReceiptMismatchError(f"config field {dotted} should be absent but is {_shown(value)}; "
-                                           "re-run the patch or revert")
-            continue
-        if is_missing(value) or not same_value(value, change["after"]):
-            found = "absent" if is_missing(value) else _shown(value)
-            raise ReceiptMismatchError(f"config field {dotted} is {found}, receipt says {_shown(change['after'])}; "
-                                       "re-run the patch or revert")
-    expected = receipt["model"]["config_sha256_after"]
-    found_sha = config_sha256(view)
-    if expected != found_sha:
-        recorded = receipt.get("config_fields_sha256")
-        recorded = recorded if isinstance(recorded, dict) else {}
-        current = field_hashes(_json_safe(view.json_dict()))
-        key = next((k for k in sorted(set(recorded) | set(current)) if recorded.get(k) != current.get(k)), None)
+        if not (rope_by_value and any(part in ROPE_KEYS for part in change["path"])):
+            _check_change(change, view)  # rope values are compared below, as transformers reads them
+    if rope_problems:
+        where, found, wanted = rope_problems[0]
+        raise ReceiptMismatchError(f"config field {where} is {_shown(found)}, receipt says {_shown(wanted)}; "
+                                   "re-run the patch or revert")
+    if receipt["model"]["config_sha256_after"] == config_sha256(view):
+        return receipt
+    current = field_hashes(_json_safe(view.json_dict()))
+    differing = field_differences(_recorded_fields(receipt), current, lambda: default_field_hashes(view),
+                                  rope_by_value=rope_by_value)
+    if differing:
         raise ReceiptMismatchError(
-            f"config field {key or '(unknown)'!r} differs from the patched config the receipt recorded; "
+            f"config field {differing[0]!r} differs from the patched config the receipt recorded; "
             "re-run the patch or revert"
         )
     return receipt
+
+
+def _recorded_fields(receipt: Receipt) -> dict[str, Any]:
+    """The config's per-field hashes as recorded, with the non-rope fields a trainer set
+    (``training.config_fields_sha256``; null: removed) laid over them."""
+    recorded = receipt.get("config_fields_sha256")
+    recorded = dict(recorded) if isinstance(recorded, dict) else {}
+    training = receipt.get("training")
+    updates = training.get("config_fields_sha256") if isinstance(training, dict) else None
+    for name, value in (updates.items() if isinstance(updates, dict) else ()):
+        if is_rope_field(name):
+            continue  # rope values are never taken from the training section
+        if value is None:
+            recorded.pop(name, None)
+        else:
+            recorded[name] = value
+    return recorded
+
+
+def _check_change(change: dict[str, Any], view: ConfigView) -> None:
+    """A value the patch wrote must still be at its config.json path."""
+    path = change["path"]
+    dotted = ".".join(path)
+    value = view.lookup_path(path)
+    if change.get("removed"):
+        if not is_missing(value):
+            raise ReceiptMismatchError(f"config field {dotted} should be absent but is {_shown(value)}; "
+                                       "re-run the patch or revert")
+        return
+    if is_missing(value) or not same_value(value, change["after"]):
+        found = "absent" if is_missing(value) else _shown(value)
+        raise ReceiptMismatchError(f"config field {dotted} is {found}, receipt says {_shown(change['after'])}; "
+                                   "re-run the patch or revert")
 
 
 def _shown(value: Any, limit: int = 80) -> str:
@@ -256,14 +293,13 @@ def _check_readable(receipt: Receipt) -> None:
                                      f"(a path of keys and an after value); {fix}")
 
 
+def default_field_hashes(view: ConfigView) -> dict[str, str]:
+    """Per-field hashes of the config class's defaults (empty when transformers does not know it)."""
+    defaults = default_config(view)
+    return {} if defaults is None else config_field_hashes(defaults)
+
+
 def config_field_hashes(config: Any) -> dict[str, str]:
     """Per-field hashes of a config, recorded so that verify can name an edited field."""
     view = config if isinstance(config, ConfigView) else ConfigView(config)
     return field_hashes(_json_safe(view.json_dict()))
-
-
-def same_value(a: Any, b: Any, rel_tol: float = 1e-12) -> bool:
-    """Equal, with numbers compared to a relative tolerance (4 and 4.0 are the same value)."""
-    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
-        return math.isclose(float(a), float(b), rel_tol=rel_tol, abs_tol=0.0)
-    return bool(a == b)

@@ -67,6 +67,12 @@ class ResolvedConfig:
             out["captured"] = self.captured
         if self.provenance:
             out["provenance"] = self.provenance
+        if self.path is not None and self.source in ("local", "cache", "hub"):
+            from ropekit.hub.weights import weights_identity
+
+            weights = weights_identity(Path(self.path).parent)
+            if weights is not None:
+                out["weights"] = weights
         return out
 
 

@@ -14,6 +14,7 @@ import platform
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from ropekit.config_match import rope_snapshot
 from ropekit.constants import dist_version
 from ropekit.errors import (
     CompoundingError,
@@ -342,6 +343,7 @@ def build_receipt(plan: Plan, view: ConfigView, before: str, after: str, model: 
         },
         **plan.to_json(),
         "config_fields_sha256": config_field_hashes(view),
+        "rope_values": rope_snapshot(view, plan.family),
         "versions": versions(),
         "landing": landing,
     })
