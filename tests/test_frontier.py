@@ -169,7 +169,7 @@ def test_deepseek_v4_scales_the_compress_rope_only():
                                    "original_max_position_embeddings": 65536, "rope_type": "yarn"}
     assert (cfg["rope_theta"], cfg["compress_rope_theta"]) == (10000, 160000)  # main's base, compress's base
     assert cfg["max_position_embeddings"] == 32 * 65536
-    with pytest.raises(UnsupportedMethodError, match="deepseek_v4.*'ntk'.*yarn"):
+    with pytest.raises(UnsupportedMethodError, match="deepseek_v4.*'ntk'.*compress rope.*method='yarn'"):
         plan(load_fixture("deepseek-ai__DeepSeek-V4-Flash"), LongContextConfig(method="ntk", factor=2,
                                                                             on_existing="replace"))
 

@@ -8,7 +8,7 @@ import json
 import math
 
 from conftest import FIXTURE_NAMES, load_fixture
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from ropekit import LongContextConfig, RopekitError, apply_rope_scaling, verify_receipt
@@ -84,7 +84,10 @@ def test_every_successful_patch_verifies_and_lands(name, method, factor, on_exis
     from ropekit.landing.check import check_model
     from ropekit.landing.rotary import skeleton_with_rotaries
 
+    from transformers import CONFIG_MAPPING
+
     config = copy.deepcopy(load_fixture(name))
+    assume(config["model_type"] in CONFIG_MAPPING)  # 4.57 cannot build the 2025-2026 types
     try:
         receipt = apply_rope_scaling(config, LongContextConfig(method=method, factor=factor,
                                                                on_existing=on_existing, allow_unstable=True))

@@ -23,6 +23,7 @@ from __future__ import annotations
 from types import MappingProxyType
 from typing import Any
 
+from ropekit.errors import UnsupportedMethodError
 from ropekit.registry.family import Family
 from ropekit.registry.hookspecs import hookimpl
 from ropekit.scaling.config_view import ConfigView, RopeSite, positive_float, positive_int
@@ -42,6 +43,14 @@ class DeepSeekV4Family(Family):
     config_defaults = V4_DEFAULTS
     description = ("DeepSeek-V4: ropes labelled main/compress; ships yarn x16 from 65536 on compress "
                    "only (attention_factor 1.0); main is never scaled")
+
+    def check_method(self, method: str) -> None:
+        if method not in self.methods:
+            raise UnsupportedMethodError(
+                f"deepseek_v4 models cannot carry {method!r} scaling: V4 scales only its compress rope, "
+                "with the yarn it ships (its config class forces yarn's attention_factor there, and a 4.x "
+                "file keeps that rope's base outside any rope dict); use method='yarn' with "
+                "on_existing='compound'")
 
     def rope(self, view: ConfigView, site: RopeSite) -> dict[str, Any]:
         rope = super().rope(view, site)
