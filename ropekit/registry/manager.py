@@ -332,6 +332,7 @@ _FAMILY_CALLS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "rotary_dim": (lambda v: isinstance(v, numbers.Integral) and not isinstance(v, bool), "an integer"),
     "check_method": (_anything, ""),
     "extra_changes": (_is_dict, "a dict"),
+    "implied_settings": (_is_dict, "a dict"),
     "refresh_live_modules": (_anything, ""),
 }
 #: the ScalingMethod methods ropekit calls, with what each must return
