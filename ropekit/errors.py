@@ -81,6 +81,17 @@ class UnsupportedMethodError(PolicyError):
     """The family cannot carry the requested method."""
 
 
+class ArchitectureError(PolicyError):
+    """The architecture cannot carry RoPE scaling at all (no RoPE, RoPE only on local layers, ...).
+
+    ``family`` names the family that gave the reason.
+    """
+
+    def __init__(self, message: str, family: str | None = None) -> None:
+        super().__init__(message)
+        self.family = family
+
+
 class AttentionBackendError(PolicyError):
     """Long-context training was requested without a FlashAttention backend."""
 

@@ -17,7 +17,7 @@ import click
 from ropekit import files
 from ropekit.api import resolve
 from ropekit.cli import emit_json, render
-from ropekit.errors import PolicyError, RopekitError, VerificationError
+from ropekit.errors import ArchitectureError, PolicyError, RopekitError, VerificationError
 from ropekit.hub.resolve import ResolvedConfig
 from ropekit.registry import families as registry_families
 from ropekit.registry import get_registry
@@ -102,7 +102,7 @@ def model_facts(config: dict[str, Any], *, inherited: ShippedScaling | None = No
     rope = fam.rope(view, primary)
     return {
         "model_type": view.model_type(),
-        "family": fam.name, "plugin": fam.plugin, "plugin_version": fam.version,
+        "family": fam.name, "plugin": fam.plugin, "plugin_version": fam.version, "family_note": located.note,
         "sites": [{"site": s.label, "rope_type": r["rope_type"], "rope_theta": r["rope_theta"]}
                   for s, r in ((s, fam.rope(view, s)) for s in sites)],
         "rope_theta": rope["rope_theta"],
@@ -125,6 +125,8 @@ def model_header(con: Any, resolved: ResolvedConfig) -> None:
 
 def print_plan(con: Any, plan: Plan) -> None:
     con.print(f"family {plan.family.name} ({plan.family.plugin} {plan.family.version})")
+    if plan.family_note:
+        con.print(f"why this family: {plan.family_note}")
     if plan.request.method == "auto":
         con.print(f"method {plan.method.name} (auto): {plan.method_reason}")
     else:
@@ -167,6 +169,7 @@ def inspect_command(model: str, family: str | None, revision: str | None, as_jso
     con.print(render.key_values([
         ("model_type", facts["model_type"]),
         ("family", f"{facts['family']} ({facts['plugin']} {facts['plugin_version']})"),
+        *([("why this family", facts["family_note"])] if facts["family_note"] else []),
         ("rope sites", ", ".join(f"{s['site']} ({s['rope_type']})" for s in facts["sites"])),
         ("rope theta", render.value(facts["rope_theta"])),
         ("rotary dimension", facts["rotary_dim"]),
@@ -347,6 +350,10 @@ def audit_row(label: str, ref: str, request: LongContextConfig) -> dict[str, Any
         facts = model_facts(resolved.config, inherited=resolved.inherited)
         row.update(family=facts["family"], native_window=facts["native_window"], shipped=facts["shipped"],
                    shipped_scaling=facts["shipped_scaling"], effective_window=facts["effective_window"])
+    except ArchitectureError as exc:  # the architecture cannot carry scaling at all: a refusal, not an error
+        row.update(family=exc.family, refused=str(exc), refused_kind=type(exc).__name__,
+                   extension=f"refused: {exc}")
+        return row
     except RopekitError as exc:
         row["error"] = str(exc)
         return row
@@ -377,7 +384,7 @@ def audit_cells(row: dict[str, Any], factor: float) -> list[Any]:
         outcome = f"refused: {render.first_clause(row['refused'])}"
     else:
         outcome = f"error: {render.first_clause(row['error'])}"
-    shipped = row["shipped"].removeprefix("ships ") if row["shipped"] else ("none" if row["family"] else None)
+    shipped = row["shipped"].removeprefix("ships ") if row["shipped"] else ("none" if row["native_window"] else None)
     return [row["model"], row["family"], row["native_window"], shipped, row["effective_window"], outcome]
 
 

@@ -23,9 +23,10 @@ SUPPORTED = ("ntk",)
 
 class PhiFamily(Family):
     name = "phi3"
-    model_types = ("phi3",)
+    model_types = ("phi3", "phimoe", "phi4_multimodal")
     methods = SUPPORTED
-    description = "Phi-3 and Phi-4: transformers takes longrope or nothing, so only ntk (rope_theta) applies"
+    description = ("Phi-3, Phi-3.5-MoE and Phi-4 (and multimodal): transformers takes longrope or nothing, so "
+                   "only ntk (rope_theta) applies")
 
     def check_method(self, method: str) -> None:
         if method not in SUPPORTED:

@@ -64,6 +64,9 @@ class VisionLanguageFamily(Family):
         try:
             inner = registry.lookup(inner_type)
         except UnknownFamilyError:
+            fallback = getattr(registry, "fallback", None)
+            if fallback is not None:  # a language model no plugin claims: read generically
+                return fallback.resolve(view, registry)
             known = ", ".join(sorted(registry.families_by_name))
             raise UnknownFamilyError(
                 f"{wrapper!r} wraps a {inner_type!r} language model ({key}.model_type) and no family handles "

@@ -93,6 +93,9 @@ class Family:
     #: write ``head_dim = hidden_size // num_attention_heads`` when the config leaves it
     #: null: transformers' yarn, dynamic and longrope crash on ``head_dim: None`` (Mixtral)
     fill_head_dim: ClassVar[bool] = False
+    #: answer for every model_type no other family claims (declare no model_types then);
+    #: a subclass that declares model_types is an ordinary family
+    fallback: ClassVar[bool] = False
     description: ClassVar[str] = ""
 
     plugin: str = ""
@@ -101,6 +104,23 @@ class Family:
     def resolve(self, view: ConfigView, registry: FamilyLookup) -> "Family":
         """The family whose knowledge applies (a VLM wrapper returns its text model's)."""
         return self
+
+    def refusal(self, view: ConfigView) -> str | None:
+        """Why this model cannot carry RoPE scaling at all, with what to do instead; None when it can.
+
+        A non-None answer refuses every plan (exit code 3) before any rope setting is read:
+        no RoPE in the language model, RoPE only on local (sliding or chunked) layers, a
+        rotary variant transformers cannot scale.
+        """
+        return None
+
+    def note(self, view: ConfigView) -> str | None:
+        """Why this family answered and which rules it applied, when that is not obvious.
+
+        Shown by inspect, plan, patch and audit and recorded in the receipt (the generic
+        family says that no plugin claimed the model_type and how it read the config).
+        """
+        return None
 
     # --- where settings live ----------------------------------------------------------
     def rope_sites(self, view: ConfigView) -> list[RopeSite]:

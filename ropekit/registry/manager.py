@@ -59,6 +59,8 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "ropekit.plugins.minimax",
     "ropekit.plugins.mimo",
     "ropekit.plugins.step",
+    "ropekit.plugins.refusals",
+    "ropekit.plugins.generic",
 )
 
 
@@ -125,6 +127,8 @@ class Registry:
     by_model_type: dict[str, "Family"] = field(default_factory=dict)
     methods: dict[str, "ScalingMethod"] = field(default_factory=dict)
     faults: list[PluginFault] = field(default_factory=list)
+    #: the family that answers for model_types no other family claims (see Family.fallback)
+    fallback: "Family | None" = None
 
     @classmethod
     def from_manager(cls, pm: pluggy.PluginManager | None = None) -> "Registry":
@@ -165,8 +169,14 @@ class Registry:
                 not all(isinstance(t, str) and t for t in model_types):
             raise TypeError(f"family {family.name!r} declares model_types {_repr(model_types)}; expected a "
                             "tuple of non-empty model_type strings")
-        if not model_types:
+        is_fallback = not model_types and getattr(family, "fallback", False) is True
+        if not model_types and not is_fallback:
             raise TypeError(f"family {family.name!r} declares no model_types; list the model_type values it handles")
+        if is_fallback and self.fallback is not None:
+            raise PluginError(
+                f"families '{self.fallback.name}' ({self.fallback.plugin}) and '{family.name}' ({plugin}) both "
+                "answer for unclaimed model_types; block one with ROPEKIT_DISABLE_PLUGINS"
+            )
         methods = getattr(family, "methods", None)
         if methods is not None and (isinstance(methods, str) or not all(isinstance(m, str) for m in methods)):
             raise TypeError(f"family {family.name!r} declares methods {_repr(methods)}; expected None or a "
@@ -188,6 +198,8 @@ class Registry:
         if plugin not in DEFAULT_PLUGINS:  # a built-in's crash is a ropekit bug and must show as one
             _guard(family, "family", _FAMILY_CALLS)
         self.families_by_name[family.name] = family
+        if is_fallback:
+            self.fallback = family
         for model_type in family.model_types:
             self.by_model_type[model_type] = family
 
@@ -228,13 +240,13 @@ class Registry:
             raise UnknownFamilyError(f"no family named {name!r} (known: {known})") from None
 
     def family_for(self, view: "ConfigView") -> "Family":
-        """The family that owns a config: model_type table, then the claim_config hook."""
+        """The family that owns a config: model_type table, the claim_config hook, then the fallback."""
         model_type = view.model_type()
         family = self.by_model_type.get(model_type)
         if family is None:
             claimed, plugin = self._claim(view)
             if claimed is None:
-                family = self.lookup(model_type)
+                family = self.fallback or self.lookup(model_type)
             elif claimed not in self.families_by_name:
                 known = ", ".join(sorted(self.families_by_name))
                 raise UnknownFamilyError(f"no family named {claimed!r} (known: {known}), the answer of plugin "
@@ -334,6 +346,8 @@ _FAMILY_CALLS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "extra_changes": (_is_dict, "a dict"),
     "implied_settings": (_is_dict, "a dict"),
     "refresh_live_modules": (_anything, ""),
+    "refusal": (lambda v: v is None or isinstance(v, str), "a string or None"),
+    "note": (lambda v: v is None or isinstance(v, str), "a string or None"),
 }
 #: the ScalingMethod methods ropekit calls, with what each must return
 _METHOD_CALLS: dict[str, tuple[Callable[[Any], bool], str]] = {

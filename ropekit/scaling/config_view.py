@@ -138,8 +138,8 @@ class ConfigView:
         if not isinstance(params, dict) or not params:
             return None
         nested = [isinstance(v, dict) for v in params.values()]
-        if all(nested):
-            return list(params)
+        if any(nested) and all(n or v is None for n, v in zip(nested, params.values())):
+            return list(params)  # a None entry: that layer type has no position encoding
         if any(nested):
             where = ".".join([*path, PARAMETERS])
             raise InvalidConfigError(f"{where} mixes per-layer-type objects with plain keys; expected either "

@@ -17,6 +17,7 @@ from typing import Any, Callable
 from ropekit.config_match import rope_snapshot
 from ropekit.constants import dist_version
 from ropekit.errors import (
+    ArchitectureError,
     CompoundingError,
     InvalidRequestError,
     UnstableFactorError,
@@ -59,6 +60,8 @@ class Plan:
     final_ropes: dict[str, dict[str, Any]]
     config_max_position_embeddings: int
     warnings: list[str] = field(default_factory=list)
+    #: why the family answered, when it says (the generic family always does)
+    family_note: str | None = None
 
     @property
     def primary_site(self) -> RopeSite:
@@ -95,7 +98,8 @@ class Plan:
     def to_json(self) -> dict[str, Any]:
         """The plan as JSON: what ``ropekit plan --json`` prints."""
         return {
-            "family": {"name": self.family.name, "plugin": self.family.plugin, "version": self.family.version},
+            "family": {"name": self.family.name, "plugin": self.family.plugin, "version": self.family.version,
+                       **({"note": self.family_note} if self.family_note else {})},
             "long_context": self.long_context,
             "attention_scaling": self.attention_scaling,
             "method_reason": self.method_reason,
@@ -138,6 +142,7 @@ class Located:
     sites: list[RopeSite]
     native_window: int
     existing: ShippedScaling | None
+    note: str | None = None
 
     @property
     def primary(self) -> RopeSite:
@@ -149,9 +154,12 @@ def locate(view: ConfigView, registry: Registry, *, family: str | None = None,
            inherited: ShippedScaling | None = None) -> Located:
     """The family, rope sites, native window and shipped (or inherited) scaling of a config."""
     fam = registry.family(family).resolve(view, registry) if family else registry.family_for(view)
+    refusal = fam.refusal(view)
+    if refusal:
+        raise ArchitectureError(refusal, family=fam.name)
     sites = fam.rope_sites(view)
     return Located(fam, sites, fam.native_window(view, sites[-1]),
-                   fam.shipped_scaling(view, sites[-1]) or inherited)
+                   fam.shipped_scaling(view, sites[-1]) or inherited, fam.note(view))
 
 
 def plan_config(target: Any, request: LongContextConfig, *, registry: Registry | None = None,
@@ -248,7 +256,7 @@ def plan_config(target: Any, request: LongContextConfig, *, registry: Registry |
         changes=changes, native_window=native, original_window=original, factor=total,
         requested_factor=requested, rotary_dim=rotary_dim, existing=existing, policy=policy,
         final_ropes=final_ropes, config_max_position_embeddings=int(max_positions),
-        warnings=warnings,
+        warnings=warnings, family_note=located.note,
     )
 
 
