@@ -82,29 +82,55 @@ def doctor_command(target_context: int | None, as_json: bool) -> None:
               help="Weight width (default: the config's quantization, else bf16).")
 @click.option("--kv", type=click.Choice(["bf16", "fp8"]), default="bf16", show_default=True,
               help="KV cache width.")
-@click.option("--gpu", metavar="NAME", help="A GPU from the table (H100, H200, A100-80GB, L40S, RTX 4090, ...).")
+@click.option("--gpu", "--gpu-type", "gpu", metavar="NAME",
+              help="A GPU from the table (H100, H200, A100-80GB, L40S, RTX 4090, ...).")
 @click.option("--gpu-memory-gib", type=float, metavar="X", help="GPU memory in GiB, instead of --gpu.")
 @click.option("--mode", type=click.Choice(["inference", "train"]), default="inference", show_default=True,
               help="Serve the model, or fully fine-tune it (AdamW).")
 @click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True, help="Sequences at once.")
+@click.option("--gpus", type=click.IntRange(min=1), metavar="N",
+              help="Train on N GPUs (with --mode train and --gpu): plan the sequence-parallel degree.")
+@click.option("--launch-dir", type=click.Path(path_type=Path), metavar="DIR",
+              help="With --gpus: write accelerate (FSDP2 + context parallel) and DeepSpeed Ulysses launch files here.")
 @json_option
 def memory_command(model: str, context: int, weights: str | None, kv: str, gpu: str | None,
-                   gpu_memory_gib: float | None, mode: str, batch: int, as_json: bool) -> None:
+                   gpu_memory_gib: float | None, mode: str, batch: int, gpus: int | None, launch_dir: Path | None,
+                   as_json: bool) -> None:
     """Plan GPU memory at a context length and find the longest context that fits.
+
+    With --mode train --gpus N --gpu NAME, also the sequence-parallel degree a context
+    that does not fit one GPU needs, for context parallelism (accelerate, FSDP2) and
+    DeepSpeed Ulysses (ALST); --launch-dir writes the launch files.
 
     \b
     Example:
       ropekit memory Qwen/Qwen2.5-7B-Instruct --context 131072 --gpu H100
       ropekit memory fixtures/meta-llama__Llama-2-7b-hf --context 16384 --mode train --gpu-memory-gib 80
+      ropekit memory Qwen/Qwen2.5-7B --context 524288 --mode train --gpus 8 --gpu-type H100 --launch-dir launch
     """
+    from ropekit.errors import InvalidRequestError
     from ropekit.training.memory import GPUS, USABLE_FRACTION, plan_model
 
+    if gpus is not None and (mode != "train" or gpu is None):
+        raise InvalidRequestError("--gpus plans training across GPUs: give it with --mode train and --gpu NAME")
+    if launch_dir is not None and gpus is None:
+        raise InvalidRequestError("--launch-dir writes multi-GPU launch files: give --gpus N (and --mode train "
+                                  "--gpu NAME) too")
     resolved, plan = plan_model(model, context, mode=mode, weights=weights, kv=kv, batch=batch, gpu=gpu,
                                 gpu_memory_gib=gpu_memory_gib)
+    parallel, written = None, []
+    if gpus is not None:
+        from ropekit.training.parallel import plan_parallel, write_launch_files
+
+        parallel = plan_parallel(plan.arch, plan.params, context, gpus=gpus, gpu=gpu, batch=batch)  # type: ignore[arg-type]
+        if launch_dir is not None:
+            written = write_launch_files(parallel, launch_dir)
     table_gpus = [] if plan.gpu_memory_gib is not None else list(GPUS)
     if as_json:
         out = {"model": {"id": resolved.model_id, "source": resolved.source, "description": _source(resolved)},
                **plan.to_json()}
+        if parallel is not None:
+            out["parallel"] = {**parallel.to_json(), "launch_files": [str(p) for p in written]}
         if table_gpus:
             out["gpus"] = [{"name": g.name, "memory_gib": g.memory_gib, "fits": plan.fits_in(g.memory_gib),
                             "max_context": plan.max_context(g.memory_gib)}
@@ -148,6 +174,35 @@ def memory_command(model: str, context: int, weights: str | None, kv: str, gpu: 
         con.print(f"note: {note}")
     for line in plan.to_json()["assumptions"]:
         con.print(f"assumes: {line}")
+    if parallel is not None:
+        _print_parallel(con, parallel, written)
+
+
+def _print_parallel(con: Any, parallel: Any, written: list[Path]) -> None:
+    from ropekit.training.parallel import (
+        ACCELERATE_FILE,
+        ULYSSES_ACCELERATE_FILE,
+        launch_command,
+    )
+
+    single = sum(parallel.single.values())
+    con.print(f"on {parallel.gpus} x {parallel.gpu.name} (weights, gradients and AdamW sharded over all): "
+              f"{_gib(single)} per GPU without splitting the sequence: "
+              + ("fits" if parallel.fits_without_split else "does not fit"))
+    for choice, name in ((parallel.context_parallel, "context parallel (accelerate, FSDP2)"),
+                         (parallel.ulysses, "DeepSpeed Ulysses (ALST)")):
+        per_gpu = _gib(sum(choice.breakdown.values()))
+        head = f"degree {choice.degree}, {per_gpu} per GPU" if choice.fits else "does not fit"
+        con.print(f"{name}: {head}: {choice.why}")
+    for note in parallel.notes:
+        con.print(f"note: {note}")
+    if written:
+        con.print(f"wrote {', '.join(str(p) for p in written)}")
+        folder = written[0].parent
+        con.print(f"launch: {launch_command(folder / ACCELERATE_FILE)}")
+        con.print(f"or:     {launch_command(folder / ULYSSES_ACCELERATE_FILE)}")
+    else:
+        con.print("write the launch files with --launch-dir DIR")
 
 
 # --- check-pack -----------------------------------------------------------------------------
