@@ -26,6 +26,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+from ropekit.errors import InvalidConfigError
 from ropekit.scaling.config_view import LEGACY, PARAMETERS, ConfigView, RopeSite
 
 #: keys ``save_pretrained`` (or a trainer loading the model) rewrites that do not touch rope,
@@ -86,8 +87,7 @@ def rope_differences(recorded: dict[str, dict[str, Any]], view: ConfigView) -> l
 
     family = get_registry().family_for(view)
     out: list[tuple[str, Any, Any]] = []
-    for key, wanted in recorded.items():
-        path, layer_type = _parse_site_key(key)
+    for path, layer_type, wanted in _pairs(recorded, view, family):
         node = view.node(path)
         held = [] if node is None else [layout for layout in (PARAMETERS, LEGACY) if view.has_in(node, layout)]
         if LEGACY not in held and PARAMETERS not in held:
@@ -104,6 +104,39 @@ def rope_differences(recorded: dict[str, dict[str, Any]], view: ConfigView) -> l
                     where = ".".join([*path, *view.rope_key(site, name)])
                     out.append((where, have, want))
     return sorted(out, key=lambda item: (not item[0].endswith(".rope_type"), item[0]))
+
+
+def _pairs(recorded: dict[str, dict[str, Any]], view: ConfigView,
+           family: Any) -> list[tuple[tuple[str, ...], str | None, dict[str, Any]]]:
+    """``(container path, layer type, recorded rope)`` to compare: every recorded site, and every
+    rope site of this config that was not recorded, against the language model's recorded rope.
+
+    A flat VLM config is saved by transformers with a ``text_config`` (4.57 writes both, 5.x
+    only the sub-config): the language model's rope is then read there as well, or only there.
+    """
+    found_sites = _sites(view, family)
+    primary = {}
+    for key, wanted in recorded.items():
+        primary[_parse_site_key(key)[1]] = wanted  # the last recorded site of each layer type
+    pairs = []
+    for key, wanted in recorded.items():
+        path, layer_type = _parse_site_key(key)
+        node = view.node(path)
+        held = node is not None and any(view.has_in(node, k) for k in (PARAMETERS, LEGACY, "rope_theta"))
+        if held or not found_sites:
+            pairs.append((path, layer_type, wanted))
+    for site in found_sites:
+        layer_type = site.layer_type
+        if site_key(site) not in recorded and layer_type in primary:
+            pairs.append((site.path, layer_type, primary[layer_type]))
+    return pairs
+
+
+def _sites(view: ConfigView, family: Any) -> list[RopeSite]:
+    try:
+        return family.rope_sites(view)
+    except InvalidConfigError:
+        return []
 
 
 class _Absent:
@@ -135,45 +168,64 @@ def is_save_rewritten(name: str) -> bool:
     return any(part in SAVE_REWRITTEN for part in name.split(".")[:2])
 
 
-def field_differences(recorded: dict[str, str], current: dict[str, str], defaults: Callable[[], dict[str, str]],
-                      *, rope_by_value: bool = True) -> list[str]:
+def field_differences(recorded: dict[str, str], current: dict[str, str],
+                      read: Callable[[str | None], dict[str, str] | None], *, rope_by_value: bool = True) -> list[str]:
     """Names of the non-rope fields whose recorded hash differs from the config's.
 
-    A field only one side holds is not a difference when its value is the installed
-    transformers' default for the config class (``save_pretrained`` drops or writes
-    such values freely); ``defaults`` gives the per-field hashes of those defaults (called
-    only when some field differs). With ``rope_by_value`` the rope fields are left out (compared by
+    ``read(name)`` gives the per-field hashes of the config as the installed transformers
+    reads it (loaded and dumped again), with field ``name`` removed first when given; None
+    when transformers cannot load it. A field only one side holds is not a difference when
+    transformers reads the same value without it: a field only the config holds whose
+    value transformers derives anyway (a class default, or a value it copies from
+    elsewhere), a recorded field the config drops that transformers still reads with the
+    recorded value, or does not hold at all. A flat composite config whose sub-config
+    ``save_pretrained`` writes out (``text_config.bos_token_id`` from ``bos_token_id``) is
+    read the same way. With ``rope_by_value`` the rope fields are left out (compared by
     :func:`rope_differences`); without it they are compared by hash like the rest.
     """
     names = [k for k in sorted(set(recorded) | set(current))
              if recorded.get(k) != current.get(k) and not (rope_by_value and is_rope_field(k))
              and not is_save_rewritten(k)]
-    if not names:
-        return []
-    default_hashes = defaults()
-    out = []
-    for name in names:
-        one_sided = (name in recorded) != (name in current)
-        value_hash = recorded.get(name) if name in recorded else current.get(name)
-        if one_sided and default_hashes.get(name) is not None and default_hashes[name] == value_hash:
-            continue
-        if one_sided and name not in default_hashes and value_hash == _NULL_HASH:
-            continue  # a null value transformers does not define reads as absent
-        out.append(name)
-    return out
+    return [name for name in names if not _reads_the_same(name, recorded, current, read)]
+
+
+def _reads_the_same(name: str, recorded: dict[str, str], current: dict[str, str],
+                    read: Callable[[str | None], dict[str, str] | None]) -> bool:
+    if (name in recorded) == (name in current) or "[" in name:
+        return False  # a value changed, or a list item: always an edit
+    if name in current:
+        value = current[name]
+        head, _, key = name.partition(".")
+        if key and recorded.get(key) == value and not any(k.startswith(f"{head}.") for k in recorded):
+            return True  # a flat config's value, written into the sub-config transformers builds from it
+        derived = read(name)
+        if derived is None:
+            return value == _NULL_HASH  # a null transformers does not define reads as absent
+        return derived.get(name, _NULL_HASH) == value
+    derived = read(None)
+    return derived is not None and (name not in derived or derived[name] == recorded[name])
 
 
 _NULL_HASH = hashlib.sha256(b"null").hexdigest()
 
 
-def default_config(view: ConfigView) -> Any:
-    """The installed transformers' default config of the view's class, or None when it does not
-    know the model type (the comparison is then strict)."""
+def read_as_transformers(data: dict[str, Any], without: str | None = None) -> Any:
+    """The config object the installed transformers builds from a config.json dict (field
+    ``without``, ``key`` or ``sub.key``, removed first), or None when it cannot build one."""
+    import copy
+
+    data = copy.deepcopy(data)
+    if without is not None:
+        head, _, key = without.partition(".")
+        node = data.get(head) if key else data
+        if isinstance(node, dict):
+            node.pop(key or head, None)
+    data.pop("auto_map", None)
     try:
         from transformers import AutoConfig
 
-        return AutoConfig.for_model(view.model_type())
-    except (ImportError, ValueError, KeyError):  # no transformers, or a model type it does not know
+        return AutoConfig.for_model(**data)
+    except (ImportError, ValueError, KeyError, TypeError):  # no transformers, or a type it does not know
         return None
 
 

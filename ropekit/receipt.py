@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +20,9 @@ import rfc8785
 
 from ropekit.config_match import (
     ROPE_KEYS,
-    default_config,
     field_differences,
     is_rope_field,
+    read_as_transformers,
     rope_differences,
     same_value,
 )
@@ -199,7 +200,10 @@ def verify_receipt(receipt: Receipt | dict[str, Any], config: Any) -> Receipt:
     when a recorded value differs in the config (naming its key path), or when the
     config differs anywhere else from what was written (naming the top-level field, or
     ``field.key`` one level down). The config is compared as canonical JSON, so
-    whitespace, key order, escapes and ``4`` for ``4.0`` are not edits.
+    whitespace, key order, escapes and ``4`` for ``4.0`` are not edits. It may be the
+    folder a trainer saved: rope values are compared as transformers reads them, in
+    either layout (``rope_values``), and what ``save_pretrained`` rewrites without
+    touching rope is not an edit (see :mod:`ropekit.config_match`).
     Raises :class:`InvalidConfigError` for a receipt whose seals hold but whose
     fields verify cannot read (written by another schema or by hand).
     """
@@ -216,9 +220,10 @@ def verify_receipt(receipt: Receipt | dict[str, Any], config: Any) -> Receipt:
     recorded_rope = receipt.get("rope_values")
     rope_by_value = isinstance(recorded_rope, dict)  # receipts before rope_values compare rope keys by path
     rope_problems = rope_differences(recorded_rope, view) if rope_by_value else []
+    read = transformers_reading(view)
     for change in receipt["changes"]:
         if not (rope_by_value and any(part in ROPE_KEYS for part in change["path"])):
-            _check_change(change, view)  # rope values are compared below, as transformers reads them
+            _check_change(change, view, read)  # rope values are compared below, as transformers reads them
     if rope_problems:
         where, found, wanted = rope_problems[0]
         raise ReceiptMismatchError(f"config field {where} is {_shown(found)}, receipt says {_shown(wanted)}; "
@@ -226,8 +231,7 @@ def verify_receipt(receipt: Receipt | dict[str, Any], config: Any) -> Receipt:
     if receipt["model"]["config_sha256_after"] == config_sha256(view):
         return receipt
     current = field_hashes(_json_safe(view.json_dict()))
-    differing = field_differences(_recorded_fields(receipt), current, lambda: default_field_hashes(view),
-                                  rope_by_value=rope_by_value)
+    differing = field_differences(_recorded_fields(receipt), current, read, rope_by_value=rope_by_value)
     if differing:
         raise ReceiptMismatchError(
             f"config field {differing[0]!r} differs from the patched config the receipt recorded; "
@@ -253,11 +257,18 @@ def _recorded_fields(receipt: Receipt) -> dict[str, Any]:
     return recorded
 
 
-def _check_change(change: dict[str, Any], view: ConfigView) -> None:
-    """A value the patch wrote must still be at its config.json path."""
+def _check_change(change: dict[str, Any], view: ConfigView,
+                  read: Callable[[str | None], dict[str, str] | None]) -> None:
+    """A value the patch wrote must still be at its config.json path, unless the config lacks
+    it and the installed transformers does not hold it at all (a key ``save_pretrained`` drops,
+    such as a flat VLM config's top-level ``max_position_embeddings`` on transformers 5)."""
     path = change["path"]
     dotted = ".".join(path)
     value = view.lookup_path(path)
+    if is_missing(value) and not change.get("removed") and len(path) <= 2:
+        held = read(None)
+        if held is not None and dotted not in held:
+            return
     if change.get("removed"):
         if not is_missing(value):
             raise ReceiptMismatchError(f"config field {dotted} should be absent but is {_shown(value)}; "
@@ -293,10 +304,18 @@ def _check_readable(receipt: Receipt) -> None:
                                      f"(a path of keys and an after value); {fix}")
 
 
-def default_field_hashes(view: ConfigView) -> dict[str, str]:
-    """Per-field hashes of the config class's defaults (empty when transformers does not know it)."""
-    defaults = default_config(view)
-    return {} if defaults is None else config_field_hashes(defaults)
+def transformers_reading(view: ConfigView) -> Callable[[str | None], dict[str, str] | None]:
+    """``read(name)``: per-field hashes of the config as the installed transformers reads it,
+    with field ``name`` removed first (see :func:`ropekit.config_match.field_differences`)."""
+    data = _json_safe(view.json_dict())
+    cache: dict[str | None, dict[str, str] | None] = {}
+
+    def read(without: str | None) -> dict[str, str] | None:
+        if without not in cache:
+            built = read_as_transformers(data, without)
+            cache[without] = None if built is None else config_field_hashes(built)
+        return cache[without]
+    return read
 
 
 def config_field_hashes(config: Any) -> dict[str, str]:

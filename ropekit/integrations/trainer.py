@@ -107,7 +107,7 @@ class RopeReceiptCallback(TrainerCallback):
         """
         from ropekit.config_match import field_differences, rope_differences
         from ropekit.errors import ReceiptMismatchError
-        from ropekit.receipt import config_field_hashes, default_field_hashes
+        from ropekit.receipt import config_field_hashes, transformers_reading
         from ropekit.scaling.config_view import ConfigView
 
         view = ConfigView(model.config)
@@ -117,8 +117,7 @@ class RopeReceiptCallback(TrainerCallback):
             raise ReceiptMismatchError(f"the model's config field {where} is {found!r} after training, the receipt "
                                        f"says {wanted!r}; rope settings must not change while training")
         current = config_field_hashes(view)
-        changed = field_differences(self.receipt["config_fields_sha256"], current,
-                                    lambda: default_field_hashes(view))
+        changed = field_differences(self.receipt["config_fields_sha256"], current, transformers_reading(view))
         section = self.training_section(state)
         section["config_fields_sha256"] = {name: current.get(name) for name in changed}
         return self.receipt.with_fields(training=section)
