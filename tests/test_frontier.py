@@ -22,7 +22,7 @@ from conftest import ROOT, load_fixture, rotary_from_config
 
 from ropekit import LongContextConfig, apply_rope_scaling, plan
 from ropekit.cli import main
-from ropekit.errors import CompoundingError, UnsupportedMethodError
+from ropekit.errors import CompoundingError, InvalidConfigError, UnsupportedMethodError
 from ropekit.registry import lookup
 
 YARN4 = 0.1 * math.log(4) + 1  # YaRN Eq. 22 at s = 4
@@ -372,3 +372,12 @@ def test_live_two_rope_model_lands_in_every_rotary_module(name, scaled, kept):
         assert max(abs(g - e) / e for g, e in zip(got, expected)) <= 1e-6, name_
         assert getattr(module, f"{scaled}_attention_scaling") == pytest.approx(exp.attention, rel=1e-6)
         assert (getattr(module, f"{kept}_inv_freq") == kept_before[name_]).all(), name_
+
+
+def test_step_legacy_per_layer_theta_list_is_refused_with_the_way_out():
+    text = {"model_type": "step3p5", "num_hidden_layers": 2, "layer_types": ["full_attention", "sliding_attention"],
+            "rope_theta": [5e6, 1e4], "head_dim": 128, "max_position_embeddings": 65536}
+    cfg = {"model_type": "step3p7", "text_config": text}
+    with pytest.raises(InvalidConfigError, match=r"text_config.rope_theta is a list.*save it again"):
+        apply_rope_scaling(cfg, LongContextConfig(method="yarn", factor=4))
+    assert cfg["text_config"]["rope_theta"] == [5e6, 1e4]  # nothing written
