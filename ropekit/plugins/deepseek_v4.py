@@ -24,7 +24,7 @@ from types import MappingProxyType
 from typing import Any
 
 from ropekit.errors import UnsupportedMethodError
-from ropekit.registry.family import Family
+from ropekit.plugins.generic import GenericFamily
 from ropekit.registry.hookspecs import hookimpl
 from ropekit.scaling.config_view import ConfigView, RopeSite, positive_float, positive_int
 
@@ -34,15 +34,23 @@ V4_DEFAULTS = MappingProxyType({"compress_rope_theta": 160000.0, "head_dim": 512
 V4_DEFAULT_ROPE_HEAD_DIM = 64
 
 
-class DeepSeekV4Family(Family):
+class DeepSeekV4Family(GenericFamily):
     name = "deepseek_v4"
     model_types = ("deepseek_v4",)
     scaled_layer_types = ("compress",)
     methods = ("yarn",)
-    preserve_keys = Family.preserve_keys | {"attention_factor"}
+    preserve_keys = GenericFamily.preserve_keys | {"attention_factor"}
     config_defaults = V4_DEFAULTS
     description = ("DeepSeek-V4: ropes labelled main/compress; ships yarn x16 from 65536 on compress "
                    "only (attention_factor 1.0); main is never scaled")
+
+    def global_layer_types(self, layer_types: list[str]) -> list[str]:
+        return [t for t in layer_types if t in self.scaled_layer_types]
+
+    def note(self, view: ConfigView) -> str | None:
+        return ("two ropes: main (rope_theta, the sliding-window branch) is never scaled; compress "
+                "(compress_rope_theta, the compressed layers) carries yarn with attention_factor 1.0"
+                + ("; a 4.x file's flat rope_scaling is the compress rope" if view.layout(()) == "rope_scaling" else ""))
 
     def check_method(self, method: str) -> None:
         if method not in self.methods:

@@ -44,6 +44,9 @@ from ropekit.registry.hookspecs import hookimpl
 from ropekit.scaling.config_view import PARAMETERS, ConfigView, RopeSite, positive_int
 
 TABLE = Path(__file__).with_name("transformers_types.json")
+#: remote-code language model types that transformers' own wrapper configs load as a built-in type
+#: (``Kimi_K25Config`` turns a ``kimi_k2`` text_config into ``deepseek_v3``)
+REMOTE_CODE_TEXT_MODELS = MappingProxyType({"kimi_k2": "deepseek_v3"})
 #: words that mark a layer type as local attention (its rope is never scaled)
 LOCAL_WORDS = ("sliding", "chunk", "local", "swa")
 
@@ -109,6 +112,7 @@ class GenericFamily(Family):
         adapted.entry = MappingProxyType(dict(entry))
         defaults = dict(entry.get("defaults") or {})
         inner_type = view.get(adapted.language_path(view), "model_type")
+        inner_type = REMOTE_CODE_TEXT_MODELS.get(inner_type, inner_type) if isinstance(inner_type, str) else None
         if isinstance(inner_type, str) and inner_type != model_type:  # a wrapper: its language model's defaults
             inner = transformers_types().get(inner_type)
             if inner is None and not installed_transformers_knows(inner_type)[0]:
@@ -214,6 +218,12 @@ class GenericFamily(Family):
             if dim <= self.head_dim(view, site) and dim % 2 == 0 and dim >= 4:
                 return dim
         return super().rotary_dim(view, site)
+
+    def refresh_live_modules(self, model: Any) -> list[str]:
+        """MLA attention (``qk_head_dim``) folds YaRN's ``mscale_all_dim`` into its softmax scale: refreshed."""
+        from ropekit.landing.attention import refresh_softmax_scales
+
+        return refresh_softmax_scales(model)
 
     def extra_changes(self, view: ConfigView, site: RopeSite, method: str) -> dict[str, Any]:
         """A ``head_dim`` left null is written as hidden_size // num_attention_heads (transformers needs it)."""

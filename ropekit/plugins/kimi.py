@@ -13,12 +13,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from ropekit.plugins.generic import REMOTE_CODE_TEXT_MODELS
 from ropekit.plugins.vlm import VisionLanguageFamily
 from ropekit.registry.hookspecs import hookimpl
 from ropekit.scaling.config_view import ConfigView
 
-#: the language model transformers' Kimi_K25Config builds for a text_config that says
-#: ``kimi_k2`` or names no type
+#: the language model transformers' Kimi_K25Config builds for a text_config that names no type
 KIMI_TEXT_MODEL = "deepseek_v3"
 
 
@@ -30,8 +30,8 @@ class KimiK25Family(VisionLanguageFamily):
                    "ships yarn x64 from 4096")
 
     def text_model_type(self, view: ConfigView, key: str) -> Any:
-        declared = view.get((key,), "model_type")
-        return KIMI_TEXT_MODEL if declared in (None, "kimi_k2") else declared
+        declared = view.get((key,), "model_type") or KIMI_TEXT_MODEL
+        return REMOTE_CODE_TEXT_MODELS.get(declared, declared)
 
 
 @hookimpl

@@ -19,7 +19,7 @@ import copy
 from types import MappingProxyType
 from typing import Any
 
-from ropekit.registry.family import Family
+from ropekit.plugins.generic import GenericFamily
 from ropekit.registry.hookspecs import hookimpl
 from ropekit.scaling.config_view import PARAMETERS, ConfigView, RopeSite, positive_float
 
@@ -32,7 +32,7 @@ CLASS_ROPE_PARAMETERS = MappingProxyType({
 DEFAULT_PARTIAL = 0.334
 
 
-class MiMoV2FlashFamily(Family):
+class MiMoV2FlashFamily(GenericFamily):
     name = "mimo_v2_flash"
     model_types = ("mimo_v2_flash",)
     scaled_layer_types = ("full_attention",)
@@ -42,6 +42,13 @@ class MiMoV2FlashFamily(Family):
 
     def rope_sites(self, view: ConfigView) -> list[RopeSite]:
         return [RopeSite((), PARAMETERS, layer_type) for layer_type in self.scaled_layer_types]
+
+    def note(self, view: ConfigView) -> str | None:
+        where = "written out as the config class builds it" if self._built_by_class(view, self.rope_sites(view)[0]) \
+            else "from the config"
+        return ("per-layer-type rope_parameters " + where + " (the file's rope_theta, swa_rope_theta and "
+                "partial_rotary_factor are not read by transformers); full_attention scaled, sliding_attention "
+                "left alone")
 
     def _built_by_class(self, view: ConfigView, site: RopeSite) -> bool:
         return not isinstance(view.get(site.path, PARAMETERS), dict)

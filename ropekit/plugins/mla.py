@@ -12,45 +12,28 @@ computes ``qk_head_dim ** -0.5`` and, when the rope type is not ``default`` and
 ``mscale_all_dim`` is set, multiplies it by ``(0.1 mscale_all_dim ln s + 1) ** 2``
 (``yarn_apply_mscale`` in ``modeling_rope_utils.py``, called from each MLA attention's
 ``__init__``). A live model's attention modules therefore keep the scale of the rope
-settings they were built with, and a patch refreshes them.
+settings they were built with, and a patch refreshes them
+(:func:`ropekit.landing.attention.refresh_softmax_scales`, which the generic family uses too
+for the MLA model_types no named family claims).
 """
 
 from __future__ import annotations
 
 from types import MappingProxyType
-from typing import Any, ClassVar
+from typing import ClassVar
 
-from ropekit.registry.family import Family
+from ropekit.plugins.generic import GenericFamily
 from ropekit.registry.hookspecs import hookimpl
 from ropekit.scaling.config_view import ConfigView, RopeSite, positive_int
 
 
-def refresh_softmax_scales(model: Any) -> list[str]:
-    """Recompute the softmax scale of every MLA attention module of a live model's language tower.
+class MlaFamily(GenericFamily):
+    """What every MLA family shares: the rope sub-head rotates, and live softmax scales follow a patch.
 
-    Each attention (a module with ``qk_head_dim``, ``scaling``, ``layer_idx`` and ``config``)
-    is rebuilt on the meta device from the config it holds, so the scale follows whatever
-    rule the installed transformers applies; no weights are allocated or moved. Returns
-    the names of the modules updated.
+    Built on the generic family (the language config, class defaults and per-layer rules
+    transformers standardizes, and the softmax-scale refresh), with the rotary dimension
+    said explicitly.
     """
-    import torch
-
-    from ropekit.landing.rotary import language_tower
-
-    refreshed = []
-    for name, module in language_tower(model).named_modules():
-        if not (hasattr(module, "qk_head_dim") and hasattr(module, "scaling")
-                and hasattr(module, "layer_idx") and hasattr(module, "config")):
-            continue
-        with torch.device("meta"):
-            fresh = type(module)(module.config, module.layer_idx)
-        module.scaling = fresh.scaling
-        refreshed.append(name)
-    return refreshed
-
-
-class MlaFamily(Family):
-    """What every MLA family shares: the rope sub-head rotates, and live softmax scales follow a patch."""
 
     config_defaults = MappingProxyType({"qk_rope_head_dim": 64})
     #: transformers sets ``head_dim = qk_rope_head_dim`` whatever the file says (False: a file's
@@ -62,10 +45,6 @@ class MlaFamily(Family):
         own_head_dim = view.get(site.path, "head_dim") is not None and not self.forces_rope_head_dim
         key = "head_dim" if own_head_dim else "qk_rope_head_dim"
         return positive_int(self.setting(view, site, key), ".".join([*site.path, key]))
-
-    def refresh_live_modules(self, model: Any) -> list[str]:
-        """Recompute each attention's softmax scale, which folds in YaRN's ``mscale_all_dim``."""
-        return refresh_softmax_scales(model)
 
 
 class DeepSeekV32Family(MlaFamily):

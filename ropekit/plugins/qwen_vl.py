@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from types import MappingProxyType
 
+from ropekit.plugins.generic import GenericFamily
 from ropekit.plugins.qwen import QwenWindow
 from ropekit.registry.family import Family
 from ropekit.registry.hookspecs import hookimpl
@@ -48,7 +49,7 @@ class Qwen3VLFamily(Family):
                    "max_position_embeddings (262144)")
 
 
-class Qwen35Family(Family):
+class Qwen35Family(GenericFamily):
     """Qwen3.5 and Qwen3.6, dense (``qwen3_5``) and MoE (``qwen3_5_moe``): natively multimodal.
 
     The language model's settings live in ``text_config.rope_parameters``: one flat dict for
@@ -62,6 +63,7 @@ class Qwen35Family(Family):
 
     name = "qwen3_5"
     model_types = ("qwen3_5", "qwen3_5_moe", "qwen3_5_text", "qwen3_5_moe_text")
+    text_config_paths = (("text_config",),)
     config_defaults = MappingProxyType({"partial_rotary_factor": 0.25})
     description = ("Qwen3.5/3.6 dense and MoE: text_config, partial rotary 0.25, interleaved "
                    "M-RoPE kept; native window max_position_embeddings (262144)")

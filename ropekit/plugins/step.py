@@ -15,16 +15,19 @@ from __future__ import annotations
 from typing import Any
 
 from ropekit.errors import InvalidConfigError
-from ropekit.registry.family import Family
+from ropekit.plugins.generic import GenericFamily
 from ropekit.registry.hookspecs import hookimpl
 from ropekit.scaling.config_view import ConfigView, RopeSite
 
 
-class StepFamily(Family):
+class StepFamily(GenericFamily):
     name = "step3p7"
     model_types = ("step3p7", "step3p5")
     scaled_layer_types = ("full_attention",)
     description = "Step-3.7: per-layer-type rope in text_config; full-attention layers scaled, sliding ones kept"
+
+    def global_layer_types(self, layer_types: list[str]) -> list[str]:
+        return [t for t in layer_types if t in self.scaled_layer_types]
 
     def rope(self, view: ConfigView, site: RopeSite) -> dict[str, Any]:
         if isinstance(view.get(site.path, "rope_theta"), list):
