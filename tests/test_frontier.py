@@ -381,3 +381,28 @@ def test_step_legacy_per_layer_theta_list_is_refused_with_the_way_out():
     with pytest.raises(InvalidConfigError, match=r"text_config.rope_theta is a list.*save it again"):
         apply_rope_scaling(cfg, LongContextConfig(method="yarn", factor=4))
     assert cfg["text_config"]["rope_theta"] == [5e6, 1e4]  # nothing written
+
+
+def test_generic_mla_model_gets_its_softmax_scale_refreshed_too():
+    """An MLA model_type no named family claims (GLM-4.7-Flash's glm4_moe_lite) is read generically,
+    and its live attention scales follow the patch all the same."""
+    import torch
+    from transformers import AutoConfig
+
+    from ropekit.landing.rotary import model_class_for
+
+    needs("glm4_moe_lite")
+    config = AutoConfig.for_model(
+        "glm4_moe_lite", vocab_size=128, hidden_size=64, intermediate_size=96, moe_intermediate_size=32,
+        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4, q_lora_rank=32, kv_lora_rank=16,
+        qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=16, n_routed_experts=4, num_experts_per_tok=2,
+        first_k_dense_replace=1, max_position_embeddings=8192,
+        rope_parameters={"rope_type": "yarn", "rope_theta": 10000.0, "factor": 2.0, "mscale": 1.0,
+                         "mscale_all_dim": 1.0, "original_max_position_embeddings": 4096})
+    torch.manual_seed(0)
+    model = model_class_for(config)._from_config(config).eval()
+    attention = _attentions(model)[0]
+    assert attention.scaling == pytest.approx(16 ** -0.5 * (0.1 * math.log(2) + 1) ** 2)
+    receipt = apply_rope_scaling(model, LongContextConfig(method="yarn", factor=4, on_existing="compound"))
+    assert receipt["family"]["name"] == "generic" and receipt["landing"]["landed"]
+    assert attention.scaling == pytest.approx(16 ** -0.5 * (0.1 * math.log(8) + 1) ** 2, rel=1e-9)
