@@ -111,13 +111,15 @@ class RopeReceiptCallback(TrainerCallback):
         from ropekit.scaling.config_view import ConfigView
 
         view = ConfigView(model.config)
-        moved = rope_differences(self.receipt["rope_values"], view)
+        recorded_rope = self.receipt.get("rope_values")  # receipts written before it was recorded lack it
+        moved = rope_differences(recorded_rope, view) if isinstance(recorded_rope, dict) else []
         if moved:
             where, found, wanted = moved[0]
             raise ReceiptMismatchError(f"the model's config field {where} is {found!r} after training, the receipt "
                                        f"says {wanted!r}; rope settings must not change while training")
         current = config_field_hashes(view)
-        changed = field_differences(self.receipt["config_fields_sha256"], current, transformers_reading(view))
+        changed = field_differences(self.receipt.get("config_fields_sha256") or {}, current,
+                                    transformers_reading(view))
         section = self.training_section(state)
         section["config_fields_sha256"] = {name: current.get(name) for name in changed}
         return self.receipt.with_fields(training=section)
