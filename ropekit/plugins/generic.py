@@ -115,7 +115,8 @@ class GenericFamily(Family):
         inner_type = REMOTE_CODE_TEXT_MODELS.get(inner_type, inner_type) if isinstance(inner_type, str) else None
         if isinstance(inner_type, str) and inner_type != model_type:  # a wrapper: its language model's defaults
             inner = transformers_types().get(inner_type)
-            if inner is None and not installed_transformers_knows(inner_type)[0]:
+            known = inner_type in self.model_types  # a named family that claims its language model knows it
+            if inner is None and not known and not installed_transformers_knows(inner_type)[0]:
                 raise UnknownFamilyError(
                     f"{model_type!r} wraps a {inner_type!r} language model and neither a family nor the installed "
                     f"transformers knows {inner_type!r}; upgrade transformers, install or write a family plugin "
