@@ -406,3 +406,19 @@ def test_generic_mla_model_gets_its_softmax_scale_refreshed_too():
     receipt = apply_rope_scaling(model, LongContextConfig(method="yarn", factor=4, on_existing="compound"))
     assert receipt["family"]["name"] == "generic" and receipt["landing"]["landed"]
     assert attention.scaling == pytest.approx(16 ** -0.5 * (0.1 * math.log(8) + 1) ** 2, rel=1e-9)
+
+
+def test_kimi_k25_live_model_patches_its_language_model_and_refreshes_the_scale():
+    from tiny_models import build, shrink
+
+    needs("kimi_k25")
+    model = build(shrink(load_fixture("moonshotai__Kimi-K2.5")))
+    attentions = [m for n, m in model.named_modules() if n.endswith("self_attn") and hasattr(m, "qk_head_dim")]
+    head = attentions[0].qk_head_dim
+    assert attentions[0].scaling == pytest.approx(head ** -0.5 * (0.1 * math.log(64) + 1) ** 2)  # shipped x64
+    receipt = apply_rope_scaling(model, _request(FRONTIER["moonshotai__Kimi-K2.5"]))
+    assert receipt["landing"]["landed"] and receipt["family"]["name"] == "deepseek"
+    text = model.config.get_text_config()
+    assert (text.rope_parameters["rope_type"], text.rope_parameters["factor"]) == ("yarn", 256.0)
+    for attention in attentions:  # x64 -> x256
+        assert attention.scaling == pytest.approx(head ** -0.5 * (0.1 * math.log(256) + 1) ** 2, rel=1e-9)
