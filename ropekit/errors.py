@@ -114,3 +114,9 @@ class ReceiptMismatchError(VerificationError):
 
 class LandingError(VerificationError):
     """The model that transformers builds does not carry the scaling the receipt promises."""
+
+
+class TransformersCannotBuildError(RopekitError):
+    """The installed transformers cannot build this model at all (its unpatched config fails too)."""
+
+    exit_code = 4

@@ -171,7 +171,8 @@ def dump_like(config: dict[str, Any], original: bytes | None) -> bytes:
             stripped = second.lstrip(" \t")
             lead = second[: len(second) - len(stripped)]
             indent = "\t" if lead.startswith("\t") else (len(lead) or 2)
-    text = json.dumps(config, indent=indent, ensure_ascii=ensure_ascii, allow_nan=False)
+    # a non-finite number outside the rope settings goes back as it was read (NaN, Infinity)
+    text = json.dumps(config, indent=indent, ensure_ascii=ensure_ascii)
     if newline != "\n":
         text = text.replace("\n", newline)
     return (text + (newline if trailing else "")).encode("utf-8")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import stat
 from pathlib import Path
 from typing import Any
@@ -68,14 +67,17 @@ def parse_json(raw: bytes | str, where: str, fix: str) -> Any:
 
     Stricter than ``json.loads``, so that every reader of the file sees the same values:
     text must be UTF-8 without a byte-order mark (transformers 4.57 and 5.x cannot load a
-    config.json that starts with one); ``NaN``, ``Infinity``, ``-Infinity`` and numbers too
-    large for a float are refused, naming their key path; a key repeated in one object is
+    config.json that starts with one); a key repeated in one object is
     refused (``json.loads`` and transformers silently keep the last one, other parsers the
     first); nesting deeper than :data:`MAX_JSON_DEPTH`, or more than
     :data:`MAX_JSON_CONTAINERS` objects and arrays, is refused. Whitespace, key order and
     escapes are free: two files that parse to the same values are the same file.
     Time and memory stay bounded (about a second and a few hundred MB at worst, for a
     16 MiB file of small numbers); nothing recurses on the parsed value.
+
+    ``NaN``, ``Infinity`` and ``-Infinity`` are read as Python's json reads them (transformers
+    loads them too: Nemotron-H's ``time_step_limit`` holds ``Infinity``); they are an error
+    only where ropekit reads a number (rope settings, windows, dimensions), which checks them.
     """
     text = _decode(raw, where, fix)
     containers = text.count("{") + text.count("[")  # an upper bound: brackets in strings count too
@@ -83,7 +85,6 @@ def parse_json(raw: bytes | str, where: str, fix: str) -> Any:
         raise InvalidConfigError(f"{where} holds over {MAX_JSON_CONTAINERS} JSON objects and arrays ({containers} "
                                  "'{' and '[' characters; a Hugging Face config holds a few dozen); " + fix)
     duplicates: dict[int, str] = {}  # id of an object -> a key it repeats (named with its path later)
-    constants: list[str] = []
 
     def pairs_hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
         obj = dict(pairs)
@@ -91,12 +92,8 @@ def parse_json(raw: bytes | str, where: str, fix: str) -> Any:
             duplicates[id(obj)] = _first_repeat(key for key, _ in pairs)
         return obj
 
-    def constant_hook(name: str) -> float:  # NaN, Infinity, -Infinity: named with their path later
-        constants.append(name)
-        return float(name)
-
     try:
-        value = json.loads(text, object_pairs_hook=pairs_hook, parse_constant=constant_hook)
+        value = json.loads(text, object_pairs_hook=pairs_hook)
     except json.JSONDecodeError as exc:
         raise InvalidConfigError(f"{where} is not valid JSON (line {exc.lineno}: {exc.msg}); {fix}") from None
     except RecursionError:
@@ -105,13 +102,8 @@ def parse_json(raw: bytes | str, where: str, fix: str) -> Any:
     except ValueError as exc:  # e.g. an integer longer than Python's 4300-digit limit
         raise InvalidConfigError(f"{where} holds a number Python cannot read ({str(exc).splitlines()[0]}); "
                                  f"{fix}") from None
-    floats = bool(constants) or _HUGE_NUMBER.search(text) is not None
-    _check_tree(value, where, fix, duplicates, containers, floats)
+    _check_tree(value, where, fix, duplicates, containers)
     return value
-
-
-#: a literal that may overflow a float (a 3-digit exponent or 300 digits): only then are floats checked
-_HUGE_NUMBER = re.compile(r"[eE][+]?0*[1-9][0-9]{2}|[0-9]{300}")
 
 
 def _decode(raw: bytes | str, where: str, fix: str) -> str:
@@ -144,15 +136,13 @@ def _bom_message(where: str, fix: str) -> str:
             f"UTF-8 without a BOM (remove the first three bytes); {fix}")
 
 
-def _check_tree(value: Any, where: str, fix: str, duplicates: dict[int, str], containers: int,
-                floats: bool) -> None:
-    """Walk the parsed value without recursion: depth, repeated keys and (when ``floats``) non-finite numbers.
+def _check_tree(value: Any, where: str, fix: str, duplicates: dict[int, str], containers: int) -> None:
+    """Walk the parsed value without recursion: depth and repeated keys.
 
     Items are scanned only while containers remain undiscovered (``containers`` counts them
-    from above) or floats need checking, so a long flat list costs nothing.
+    from above), so a long flat list costs nothing.
     """
     if type(value) is not dict and type(value) is not list:
-        _check_number(value, (), where, fix)
         return
     stack: list[tuple[Any, tuple[str | int, ...]]] = [(value, ())]
     found = 1
@@ -165,25 +155,37 @@ def _check_tree(value: Any, where: str, fix: str, duplicates: dict[int, str], co
             key = json_path((*path, duplicates[id(node)]))
             raise InvalidConfigError(f"{where} repeats the key {key} in one object (transformers would "
                                      f"silently keep the last value); remove the duplicate; {fix}")
-        if found >= containers and not floats:
+        if found >= containers:
             continue  # every container is already found: nothing below this one to look at
         for key, child in (node.items() if type(node) is dict else enumerate(node)):
             kind = type(child)
             if kind is dict or kind is list:
                 stack.append((child, (*path, key)))
                 found += 1
-                if found >= containers and not floats:
+                if found >= containers:
                     break
-            elif floats and kind is float and not -math.inf < child < math.inf:  # NaN fails too
-                _check_number(child, (*path, key), where, fix)
 
 
-def _check_number(value: Any, path: tuple[str | int, ...], where: str, fix: str) -> None:
-    if isinstance(value, float) and not math.isfinite(value):
-        sign = "-" if value < 0 else ""
-        literal = "NaN" if math.isnan(value) else f"{sign}Infinity (or a number too large for a float)"
-        raise InvalidConfigError(f"{where} holds {literal} at {json_path(path)}; JSON has no such number and the "
-                                 f"receipt cannot record it; write a finite number; {fix}")
+def nonfinite_literal(value: Any) -> str | None:
+    """``NaN``, ``Infinity`` or ``-Infinity`` as JSON readers write them, for a non-finite float; else None."""
+    if not isinstance(value, float) or -math.inf < value < math.inf:
+        return None
+    return "NaN" if value != value else ("-Infinity" if value < 0 else "Infinity")
+
+
+def nonfinite_path(value: Any) -> tuple[tuple[str | int, ...], str] | None:
+    """The key path and literal of the first non-finite number in a parsed value (no recursion)."""
+    stack: list[tuple[Any, tuple[str | int, ...]]] = [(value, ())]
+    while stack:
+        node, path = stack.pop()
+        literal = nonfinite_literal(node)
+        if literal is not None:
+            return path, literal
+        if type(node) is dict:
+            stack.extend((child, (*path, key)) for key, child in reversed(list(node.items())))
+        elif type(node) is list:
+            stack.extend((child, (*path, i)) for i, child in reversed(list(enumerate(node))))
+    return None
 
 
 def json_path(path: tuple[str | int, ...]) -> str:

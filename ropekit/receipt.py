@@ -27,7 +27,7 @@ from ropekit.config_match import (
     same_value,
 )
 from ropekit.errors import InvalidConfigError, ReceiptMismatchError, ResolutionError
-from ropekit.jsonio import parse_json, read_bounded
+from ropekit.jsonio import json_path, nonfinite_path, parse_json, read_bounded
 from ropekit.scaling.config_view import ConfigView, is_missing
 
 SCHEMA = "ropekit.receipt/1"
@@ -45,6 +45,49 @@ def canonical_json(data: Any) -> bytes:
                                  "Infinity or non-JSON values from the config") from None
 
 
+#: stands in for a non-finite number while RFC 8785 writes the rest (a NUL cannot start a config key)
+_NONFINITE = "\x00ropekit-nonfinite:"
+_LITERALS = {"nan": b"NaN", "inf": b"Infinity", "-inf": b"-Infinity"}
+
+
+def config_canonical_json(data: Any) -> bytes:
+    """RFC 8785 canonical bytes of a config, with the literals NaN, Infinity and -Infinity where it holds them.
+
+    RFC 8785 has no encoding for non-finite numbers, but Hub configs hold them outside the
+    rope settings (Nemotron-H: ``time_step_limit: [0.0, Infinity]``) and transformers loads
+    them. Such a value is written as the literal Python's json module reads and writes, so
+    the hash still changes with every edit; receipts themselves never hold one.
+    """
+    found: list[bool] = []
+    marked = _mark_nonfinite(data, found)
+    out = canonical_json(marked)
+    if found:
+        for name, literal in _LITERALS.items():
+            out = out.replace(b'"\\u0000ropekit-nonfinite:' + name.encode() + b'"', literal)
+    return out
+
+
+def _mark_nonfinite(value: Any, found: list[bool]) -> Any:
+    stack: list[Any] = []
+    root: list[Any] = [value]
+    stack.append((root, 0))
+    while stack:
+        holder, key = stack.pop()
+        item = holder[key]
+        if isinstance(item, float) and not math.isfinite(item):
+            found.append(True)
+            holder[key] = _NONFINITE + repr(item)
+        elif isinstance(item, dict):
+            copied = dict(item)
+            holder[key] = copied
+            stack.extend((copied, k) for k in copied)
+        elif isinstance(item, list):
+            copied_list = list(item)
+            holder[key] = copied_list
+            stack.extend((copied_list, i) for i in range(len(copied_list)))
+    return root[0]
+
+
 def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -52,19 +95,16 @@ def sha256_hex(data: bytes) -> str:
 def config_sha256(config: Any) -> str:
     """sha256 of a config's canonical JSON (a dict, or a transformers config object)."""
     view = config if isinstance(config, ConfigView) else ConfigView(config)
-    return sha256_hex(canonical_json(_json_safe(view.json_dict())))
+    return sha256_hex(config_canonical_json(_json_safe(view.json_dict())))
 
 
 def _json_safe(value: Any) -> Any:
     """Round-trip through json so tuples, numpy scalars and the like become plain JSON."""
     try:
-        return json.loads(json.dumps(value, allow_nan=False, default=str))
+        return json.loads(json.dumps(value, default=str))
     except RecursionError:
         raise InvalidConfigError("config nests deeper than JSON can be written; pass the config.json "
                                  "values") from None
-    except ValueError as exc:
-        raise InvalidConfigError(f"config holds a value JSON cannot carry ({exc}); "
-                                 "replace NaN or Infinity with a number") from None
 
 
 class Receipt:
@@ -139,7 +179,12 @@ class Receipt:
         that verification names the edit; a file that was never a receipt is refused.
         """
 
-        data = parse_json(text, where, "restore the receipt from the patch output or re-run the patch")
+        fix = "restore the receipt from the patch output or re-run the patch"
+        data = parse_json(text, where, fix)
+        found = nonfinite_path(data)
+        if found is not None:  # ropekit never writes one: RFC 8785 cannot seal it
+            raise InvalidConfigError(f"{where} holds {found[1]} at {json_path(found[0])}; a receipt never holds "
+                                     f"a non-finite number (JSON has none); {fix}")
         hashes = data.get("fields_sha256") if isinstance(data, dict) else None
         sealed = isinstance(data, dict) and (
             (data.get("schema") == SCHEMA and "manifest_sha256" in data)
@@ -172,7 +217,7 @@ class Receipt:
 _SEALS = ("fields_sha256", "manifest_sha256")
 
 
-def field_hashes(body: dict[str, Any]) -> dict[str, str]:
+def field_hashes(body: dict[str, Any], canonical: Any = canonical_json) -> dict[str, str]:
     """sha256 of each field (one level into objects, each list item), so an edit can be named."""
     out: dict[str, str] = {}
     for key, value in body.items():
@@ -182,7 +227,7 @@ def field_hashes(body: dict[str, Any]) -> dict[str, str]:
             items = {f"{key}[{i}]": v for i, v in enumerate(value)}
         else:
             items = {key: value}
-        out.update({name: sha256_hex(canonical_json(v)) for name, v in items.items()})
+        out.update({name: sha256_hex(canonical(v)) for name, v in items.items()})
     return out
 
 
@@ -230,7 +275,7 @@ def verify_receipt(receipt: Receipt | dict[str, Any], config: Any) -> Receipt:
                                    "re-run the patch or revert")
     if receipt["model"]["config_sha256_after"] == config_sha256(view):
         return receipt
-    current = field_hashes(_json_safe(view.json_dict()))
+    current = field_hashes(_json_safe(view.json_dict()), config_canonical_json)
     differing = field_differences(_recorded_fields(receipt), current, read, rope_by_value=rope_by_value)
     if differing:
         raise ReceiptMismatchError(
@@ -321,4 +366,4 @@ def transformers_reading(view: ConfigView) -> Callable[[str | None], dict[str, s
 def config_field_hashes(config: Any) -> dict[str, str]:
     """Per-field hashes of a config, recorded so that verify can name an edited field."""
     view = config if isinstance(config, ConfigView) else ConfigView(config)
-    return field_hashes(_json_safe(view.json_dict()))
+    return field_hashes(_json_safe(view.json_dict()), config_canonical_json)

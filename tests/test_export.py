@@ -108,7 +108,7 @@ def vllm_apply_dict_overrides(config, overrides):
     ("meta-llama__Llama-2-7b-hf", {"method": "linear", "factor": 4.0}),
     ("meta-llama__Llama-2-7b-hf", {"method": "ntk", "factor": 2.0}),
     ("Qwen__Qwen3-VL-4B-Instruct", {"method": "yarn", "factor": 2.0, "attn_factor": 1.1}),
-    ("google__gemma-3-4b-it", {"method": "yarn", "factor": 2.0, "on_existing": "compound"}),  # per layer type
+    ("google__gemma-3-4b-it", {"method": "yarn", "factor": 4.0, "on_existing": "replace"}),  # per layer type
 ])
 def test_vllm_override_gives_the_rotary_transformers_builds_from_the_patched_config(tmp_path, fixture, request_):
     """Apply the override to the *base* config the way vLLM does; the rotary must match the patched folder's."""

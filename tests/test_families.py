@@ -168,6 +168,16 @@ def test_yarn_x4_lands_on_every_config(source, variant):
         assert f"{rope_type} x{factor:g}" in str(err.value) and f"x{total:g}" in str(err.value)
         assert _as_dict(target) == before
         request.update(on_existing="compound", allow_unstable=total > 32)
+        if rope_type == "linear":  # yarn would undo the shipped /8 on the high-frequency pairs
+            with pytest.raises(CompoundingError, match="cannot be composed exactly.*--method linear"):
+                apply_rope_scaling(target, LongContextConfig(**request))
+            assert _as_dict(target) == before
+            request.update(method="linear", allow_unstable=total > 8)
+        if rope_type == "llama3" and exp.rotary_dim == 64:  # YaRN's index ramp leaves pair 17 faster than llama3's
+            with pytest.raises(CompoundingError, match="pair 17 would rotate.*--beta-fast 64"):
+                apply_rope_scaling(target, LongContextConfig(**request))
+            assert _as_dict(target) == before
+            request.update(beta_fast=64.0)
 
     p = plan(target, LongContextConfig(**request))
     assert (p.family.name, p.native_window, p.rotary_dim) == (exp.family, exp.native, exp.rotary_dim)
@@ -186,7 +196,10 @@ def test_yarn_x4_lands_on_every_config(source, variant):
     for container in containers[-1:]:
         old, new = _rope_at(before, container), _rope_at(after, container)
         node = after[container] if container else after
-        if exp.method == "yarn":
+        if request["method"] == "linear":
+            assert (new["rope_type"], new["factor"]) == ("linear", total)
+            assert node["max_position_embeddings"] == int(total * original)
+        elif exp.method == "yarn":
             assert (new["rope_type"], new["factor"], new["original_max_position_embeddings"]) == \
                 ("yarn", total, original)
             assert node["max_position_embeddings"] == int(total * original)
@@ -217,10 +230,10 @@ def test_yarn_x4_lands_on_every_config(source, variant):
         # independent of ropekit's closed form: pair 0 keeps its frequency, the slowest pair is
         # divided by the total factor (YaRN interpolates it fully; NTK's base change does exactly that)
         d = exp.rotary_dim
-        assert got[0] == pytest.approx(1.0, rel=1e-6)
+        assert got[0] == pytest.approx(1.0 / total if request["method"] == "linear" else 1.0, rel=1e-6)
         assert got[-1] == pytest.approx(exp.theta ** (-(d - 2) / d) / total, rel=1e-5)
-        assert scaling == pytest.approx(_independent_attention(exp.method, total, _rope_at(before, containers[-1])),
-                                        rel=1e-6)
+        assert scaling == pytest.approx(_independent_attention(request["method"], total,
+                                                               _rope_at(before, containers[-1])), rel=1e-6)
 
 
 def test_every_fixture_has_an_expectation():
@@ -378,9 +391,9 @@ def test_gpt_oss_keeps_truncate_false():
 def test_gemma3_defaults_are_known_and_written():
     cfg = load_fixture("google__gemma-3-4b-it")
     assert "max_position_embeddings" not in cfg["text_config"] and "rope_theta" not in cfg["text_config"]
-    p = plan(cfg, LongContextConfig(method="yarn", factor=4, on_existing="compound"))
+    p = plan(cfg, LongContextConfig(method="linear", factor=4, on_existing="compound", allow_unstable=True))
     assert p.existing.to_json()["window"] == 131072  # transformers' class default
-    apply_rope_scaling(cfg, LongContextConfig(method="yarn", factor=4, on_existing="compound"))
+    apply_rope_scaling(cfg, LongContextConfig(method="linear", factor=4, on_existing="compound", allow_unstable=True))
     assert cfg["text_config"]["max_position_embeddings"] == 32 * 16384
     assert "rope_local_base_freq" not in cfg["text_config"]  # the local layers keep the class default
 
@@ -408,13 +421,14 @@ def test_gemma3_text_config_with_every_rope_value_left_to_defaults():
 def test_gemma3_sliding_layers_keep_their_own_rope():
     cfg = _auto_config(load_fixture("google__gemma-3-4b-it")).to_dict()
     sliding = copy.deepcopy(cfg["text_config"]["rope_parameters"]["sliding_attention"])
-    apply_rope_scaling(cfg, LongContextConfig(method="yarn", factor=4, on_existing="compound"))
+    apply_rope_scaling(cfg, LongContextConfig(method="linear", factor=4, on_existing="compound", allow_unstable=True))
     assert cfg["text_config"]["rope_parameters"]["sliding_attention"] == sliding
     rotary = rotary_from_config(_auto_config(cfg))
     local = rotary.sliding_attention_inv_freq.double().tolist()
     assert local == pytest.approx([1e4 ** (-2 * i / 256) for i in range(128)], rel=1e-6)
     assert float(rotary.sliding_attention_attention_scaling) == 1.0
-    assert float(rotary.full_attention_attention_scaling) == pytest.approx(0.1 * math.log(32) + 1, rel=1e-6)
+    assert float(rotary.full_attention_attention_scaling) == 1.0
+    assert float(rotary.full_attention_inv_freq[0]) == pytest.approx(1 / 32, rel=1e-6)  # linear x8 x4
 
 
 # --- Phi-3 --------------------------------------------------------------------------------

@@ -173,7 +173,7 @@ def test_fine_tune_inherits_llama3_scaling_from_its_card(hf_cache, base_cached):
         ropekit.plan("acme/llama31-chat", YARN4)
     message = str(err.value)
     assert LLAMA31_ID in message and "llama3 x8" in message
-    assert "x32 in total" in message  # 8 (shipped by the base) x 4 (asked)
+    assert "compounds to yarn x32 from 8192" in message  # 8 (shipped by the base) x 4 (asked)
 
     resolved = ropekit.resolve("acme/llama31-chat")
     assert resolved.lineage == [LLAMA31_ID]

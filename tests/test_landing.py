@@ -26,7 +26,7 @@ CASES = {
     "Qwen__Qwen3-VL-4B-Instruct": dict(method="yarn", factor=4.0),
     "mistralai__Mixtral-8x7B-v0.1": dict(method="yarn", factor=4.0),
     "deepseek-ai__DeepSeek-V3": dict(method="yarn", factor=2.0, on_existing="compound", allow_unstable=True),
-    "google__gemma-3-4b-it": dict(method="yarn", factor=4.0, on_existing="compound"),
+    "google__gemma-3-4b-it": dict(method="linear", factor=2.0, on_existing="compound", allow_unstable=True),
 }
 
 

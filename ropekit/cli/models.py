@@ -22,6 +22,7 @@ from ropekit.hub.resolve import ResolvedConfig
 from ropekit.registry import families as registry_families
 from ropekit.registry import get_registry
 from ropekit.registry.family import ShippedScaling
+from ropekit.scaling import file_compat
 from ropekit.scaling.config_view import ConfigView
 from ropekit.scaling.engine import Plan, locate, plan_config
 from ropekit.scaling.long_context import LongContextConfig
@@ -61,11 +62,34 @@ def scaling_options(command: Callable[..., Any]) -> Callable[..., Any]:
                  "beta_fast": beta_fast, "beta_slow": beta_slow, "attn_factor": attn_factor,
                  "allow_unstable": allow_unstable}
         request = LongContextConfig(**{k: v for k, v in given.items() if v is not None})
-        return command(*args, request=request, **kwargs)
+        try:
+            return command(*args, request=request, **kwargs)
+        except RopekitError as exc:
+            suggestion = getattr(exc, "suggestion", None)
+            if suggestion is None or "model" not in kwargs:
+                raise
+            line = " ".join(["ropekit plan", kwargs["model"], *request_flags(suggestion)])
+            raise type(exc)(f"{exc}; run: {line}") from None
 
     for option in reversed(options):
         wrapper = option(wrapper)
     return wrapper
+
+
+def request_flags(request: LongContextConfig) -> list[str]:
+    """The command-line options that ask for ``request`` (defaults left out)."""
+    defaults = LongContextConfig(factor=2.0)
+    flags = [] if request.method == "auto" else ["--method", request.method]
+    flags += ["--factor", f"{request.factor:g}"] if request.factor is not None \
+        else ["--target-context", str(request.target_context)]
+    if request.original_max_position_embeddings is not None:
+        flags += ["--original-max", str(request.original_max_position_embeddings)]
+    if request.on_existing != defaults.on_existing:
+        flags += ["--on-existing", request.on_existing]
+    for name, flag in (("beta_fast", "--beta-fast"), ("beta_slow", "--beta-slow"), ("attn_factor", "--attn-factor")):
+        if getattr(request, name) != getattr(defaults, name):
+            flags += [flag, f"{getattr(request, name):g}"]
+    return flags + (["--allow-unstable"] if request.allow_unstable else [])
 
 
 # --- shared helpers -----------------------------------------------------------------------
@@ -114,6 +138,7 @@ def model_facts(config: dict[str, Any], *, inherited: ShippedScaling | None = No
         "shipped": shipped.describe() if shipped else None,
         "effective_window": shipped.window if shipped else native,
         "methods": list(fam.methods) if fam.methods is not None else sorted(registry.methods),
+        "traps": file_compat.traps(view, fam),
     }
 
 
@@ -139,6 +164,7 @@ def print_plan(con: Any, plan: Plan) -> None:
     else:
         con.print("changes: none (the config already says this)")
     con.print(render.key_values(render.long_context_rows(plan.long_context), title="long_context"))
+    con.print(plan.windows.describe())
     con.print(f"attention scaling {plan.attention_scaling:.4f}; rotary dim {plan.rotary_dim}; "
               f"native window {plan.native_window}")
     render.warn_lines(con, plan.warnings)
@@ -173,12 +199,13 @@ def inspect_command(model: str, family: str | None, revision: str | None, as_jso
         ("rope sites", ", ".join(f"{s['site']} ({s['rope_type']})" for s in facts["sites"])),
         ("rope theta", render.value(facts["rope_theta"])),
         ("rotary dimension", facts["rotary_dim"]),
-        ("native window", facts["native_window"]),
+        ("native window (unscaled)", facts["native_window"]),
         ("max positions", facts["max_position_embeddings"]),
         ("shipped scaling", facts["shipped"] or "none"),
         ("effective window", facts["effective_window"]),
         ("methods", ", ".join(facts["methods"])),
     ]))
+    render.warn_lines(con, facts["traps"])
 
 
 @click.command("plan")
@@ -263,8 +290,10 @@ def patch_command(model: str, request: LongContextConfig, out: Path | None, in_p
 @click.option("--landing", is_flag=True,
               help="Also build the rotary modules with the installed transformers (no weights) and "
                    "compare them with the closed form.")
+@click.option("--family", metavar="NAME",
+              help="Read the config with this family (default: the one the receipt recorded).")
 @json_option
-def verify_command(folder: Path, landing: bool, as_json: bool) -> None:
+def verify_command(folder: Path, landing: bool, family: str | None, as_json: bool) -> None:
     """Check a patched folder's receipt against its config.json.
 
     Exits 0 when they match and 3, naming the first differing key, when they do not.
@@ -284,10 +313,12 @@ def verify_command(folder: Path, landing: bool, as_json: bool) -> None:
     if landing:
         from ropekit.api import verify_landing
 
-        report = verify_landing(result.folder)
+        report = verify_landing(result.folder, family=family)
         summary = report.to_json()
         detail = (f"{summary['modules_checked']} rotary buffers built by transformers {summary['transformers']} "
                   f"match the closed form (max relative error {report.max_rel_error:.2g})"
+                  + (f"; {len(report.softmax)} attention softmax scales match the temperature the rope "
+                     "settings imply" if report.softmax else "")
                   if report.landed else report.first_problem())
         result.checks.append(files.Check("landing", report.landed, detail))
     if as_json:
@@ -343,13 +374,14 @@ def audit_row(label: str, ref: str, request: LongContextConfig) -> dict[str, Any
     row: dict[str, Any] = {"model": label, "source": None, "family": None, "native_window": None,
                            "shipped": None, "effective_window": None, "extension": None,
                            "shipped_scaling": None, "long_context": None, "refused": None, "refused_kind": None,
-                           "error": None}
+                           "traps": [], "error": None}
     try:
         resolved = resolve(ref)
         row["source"] = resolved.source
         facts = model_facts(resolved.config, inherited=resolved.inherited)
         row.update(family=facts["family"], native_window=facts["native_window"], shipped=facts["shipped"],
-                   shipped_scaling=facts["shipped_scaling"], effective_window=facts["effective_window"])
+                   shipped_scaling=facts["shipped_scaling"], effective_window=facts["effective_window"],
+                   traps=facts["traps"])
     except ArchitectureError as exc:  # the architecture cannot carry scaling at all: a refusal, not an error
         row.update(family=exc.family, refused=str(exc), refused_kind=type(exc).__name__,
                    extension=f"refused: {exc}")
@@ -420,6 +452,9 @@ def audit_command(models: tuple[str, ...], factor: float, method: str, on_existi
             [audit_cells(r, factor) for r in rows]))
         click.echo(f"{len(rows)} models: {planned} can take x{factor:g}, {refused} refused, {failed} with errors"
                    + ("; --json gives the full messages" if refused or failed else ""))
+        for row in rows:
+            for trap in row["traps"]:
+                click.echo(f"warning: {row['model']}: {trap}")
     return 4 if strict and failed else 0
 
 

@@ -15,15 +15,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ropekit.errors import InvalidConfigError, LandingError
+from ropekit.errors import InvalidConfigError, LandingError, TransformersCannotBuildError
 from ropekit.landing.rotary import rotary_modules, skeleton_with_rotaries
 from ropekit.receipt import same_value
 from ropekit.registry.manager import Registry, get_registry
-from ropekit.scaling.config_view import ConfigView, RopeSite
+from ropekit.scaling.config_view import LEGACY, PARAMETERS, Change, ConfigView, RopeSite
 from ropekit.scaling.methods import closed_form
 from ropekit.scaling.transformers_support import transformers_version
 
 TOLERANCE = 1e-6
+#: container keys a 5.x-layout file carries only for transformers 4.57 (see scaling.file_compat)
+_MIRROR_KEYS = frozenset({LEGACY, PARAMETERS, "rope_local_base_freq", "partial_rotary_factor"})
 
 
 @dataclass
@@ -67,15 +69,38 @@ class ModuleCheck:
 
 
 @dataclass
+class SoftmaxCheck:
+    """One attention's softmax scale compared with what the rope settings imply (MLA temperature)."""
+
+    module: str
+    expected: float
+    found: float
+
+    @property
+    def ok(self) -> bool:
+        return math.isclose(self.found, self.expected, rel_tol=TOLERANCE)
+
+    def problem(self) -> str:
+        return (f"{self.module} softmax scale is {self.found:.8g}, expected {self.expected:.8g} "
+                f"(ratio {self.found / self.expected:.6g}: the attention temperature the rope settings imply)")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"module": self.module, "expected": self.expected, "found": self.found, "ok": self.ok}
+
+
+@dataclass
 class LandingReport:
     """The result of a landing check; ``to_json()`` is what receipts record."""
 
     checks: list[ModuleCheck] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    softmax: list[SoftmaxCheck] = field(default_factory=list)
+    family: str | None = None
 
     @property
     def landed(self) -> bool:
-        return bool(self.checks) and not self.problems and all(c.ok for c in self.checks)
+        return bool(self.checks) and not self.problems and all(c.ok for c in self.checks) \
+            and all(c.ok for c in self.softmax)
 
     @property
     def max_rel_error(self) -> float:
@@ -84,7 +109,8 @@ class LandingReport:
     def first_problem(self) -> str:
         if self.problems:
             return self.problems[0]
-        bad = next((c for c in self.checks if not c.ok), None)
+        bad: ModuleCheck | SoftmaxCheck | None = next((c for c in self.checks if not c.ok), None)
+        bad = bad or next((c for c in self.softmax if not c.ok), None)
         return bad.problem() if bad else "no rotary module found in the language tower"
 
     def raise_if_not_landed(self) -> "LandingReport":
@@ -95,36 +121,52 @@ class LandingReport:
         return self
 
     def to_json(self) -> dict[str, Any]:
-        return {"landed": self.landed, "transformers": transformers_version(),
+        return {"landed": self.landed, "transformers": transformers_version(), "family": self.family,
                 "modules_checked": len(self.checks),
                 "max_rel_error": self.max_rel_error if self.checks else None, "tolerance": TOLERANCE,
-                "checks": [c.to_json() for c in self.checks], "problems": list(self.problems)}
+                "checks": [c.to_json() for c in self.checks], "problems": list(self.problems),
+                "softmax_checks": [c.to_json() for c in self.softmax]}
 
 
 # --- the check --------------------------------------------------------------------------
 
 def verify_landing(target: Any, *, registry: Registry | None = None,
-                   receipt: Any = None) -> LandingReport:
+                   receipt: Any = None, family: str | None = None) -> LandingReport:
     """Check that the rotary modules transformers builds carry the configured scaling.
 
     :param target: a live model, or a folder / config.json path (built without weights).
     :param receipt: a Receipt (or the folder's rope_receipt.json) whose recorded values the
         model's config must carry.
+    :param family: the family to read the config with; by default the one the receipt
+        recorded, else the one model_type selects.
     """
     if isinstance(target, (str, Path)):
-        return _verify_folder(Path(target), registry=registry)
-    return check_model(target, registry=registry, receipt=receipt)
+        return _verify_folder(Path(target), registry=registry, family=family)
+    return check_model(target, registry=registry, receipt=receipt, family=family)
 
 
-def check_model(model: Any, *, registry: Registry | None = None, receipt: Any = None) -> LandingReport:
+def _family(view: ConfigView, registry: Registry, receipt: Any, family: str | None) -> Any:
+    """The family named, else the one the receipt recorded (a ``--family`` patch), else model_type's."""
+    if family is None and receipt is not None:
+        recorded = receipt.get("family") if hasattr(receipt, "get") else None
+        family = recorded.get("name") if isinstance(recorded, dict) else None
+        if family is not None and family not in registry.families_by_name:
+            family = None  # a family no longer registered: read the config by model_type
+    if family is not None:
+        return registry.family(family).resolve(view, registry)
+    return registry.family_for(view)
+
+
+def check_model(model: Any, *, registry: Registry | None = None, receipt: Any = None,
+                family: str | None = None) -> LandingReport:
     registry = registry or get_registry()
     config = model.config
     view = ConfigView(config)
-    family = registry.family_for(view)
+    family = _family(view, registry, receipt, family)
     sites = family.rope_sites(view)
     primary = sites[-1]
     text_config = view.node(primary.path)
-    report = LandingReport()
+    report = LandingReport(family=family.name)
     if receipt is not None:
         report.problems += _receipt_problems(receipt, family, view, primary)
     for name, _parent, _attr, module in rotary_modules(model):
@@ -135,7 +177,22 @@ def check_model(model: Any, *, registry: Registry | None = None, receipt: Any = 
         else:
             module_view, module_family, module_sites = view, family, None
         report.checks += _check_module(name, module, module_view, module_family, primary, module_sites)
+    if family.temperature_keys:
+        report.softmax += _check_softmax(model, family, family.rope(view, primary))
     return report
+
+
+def _check_softmax(model: Any, family: Any, rope: dict[str, Any]) -> list[SoftmaxCheck]:
+    """Each MLA attention's softmax scale against ``qk_head_dim ** -0.5`` times the family's temperature."""
+    from ropekit.landing.rotary import language_tower
+
+    multiplier = family.softmax_scale_multiplier(rope)
+    checks = []
+    for name, module in language_tower(model).named_modules():
+        head_dim, scaling = getattr(module, "qk_head_dim", None), getattr(module, "scaling", None)
+        if isinstance(head_dim, int) and isinstance(scaling, float):
+            checks.append(SoftmaxCheck(name, head_dim ** -0.5 * multiplier, scaling))
+    return checks
 
 
 def _receipt_problems(receipt: Any, family: Any, view: ConfigView, primary: RopeSite) -> list[str]:
@@ -157,6 +214,8 @@ def _receipt_problems(receipt: Any, family: Any, view: ConfigView, primary: Rope
             found = rope.get(key)
             wanted = None if change.get("removed") else change["after"]
         elif not rest:
+            if key in _MIRROR_KEYS and primary.layout == PARAMETERS:
+                continue  # a legacy mirror: the object reads rope_parameters, checked key by key
             found, wanted = view.get(primary.path, key), change["after"]
         else:
             continue
@@ -209,7 +268,7 @@ def _check_module(name: str, module: Any, view: ConfigView, family: Any, primary
     return checks
 
 
-def _verify_folder(path: Path, *, registry: Registry | None) -> LandingReport:
+def _verify_folder(path: Path, *, registry: Registry | None, family: str | None = None) -> LandingReport:
     from ropekit.constants import RECEIPT_FILENAME
     from ropekit.hub.resolve import resolve
     from ropekit.receipt import Receipt
@@ -218,7 +277,56 @@ def _verify_folder(path: Path, *, registry: Registry | None) -> LandingReport:
     folder = resolved.path.parent if resolved.path else path
     receipt_file = folder / RECEIPT_FILENAME
     receipt = Receipt.load(receipt_file) if receipt_file.is_file() else None
-    model = skeleton_with_rotaries(resolved.config)
-    return check_model(model, registry=registry, receipt=receipt)
+    model = build_skeleton(resolved.config, receipt)
+    return check_model(model, registry=registry, receipt=receipt, family=family)
+
+
+def build_skeleton(config: dict[str, Any], receipt: Any = None) -> Any:
+    """The weightless skeleton of a (patched) config, telling a model this transformers cannot
+    build (exit 4) from a patch that broke it (a ropekit bug, exit 1).
+
+    When the build fails, the unpatched config (the receipt's changes undone) is built too:
+    if it fails as well, this transformers cannot build the model at all.
+    """
+    try:
+        return skeleton_with_rotaries(config)
+    except Exception as exc:  # anything transformers raises while building
+        failure = exc
+    reason = f"{type(failure).__name__}: {' '.join(str(failure).split())[:300]}"
+    model_type = config.get("model_type")
+    version = transformers_version()
+    original = unpatched(config, receipt) if receipt is not None else None
+    if original is not None:
+        try:
+            skeleton_with_rotaries(original)
+        except Exception:
+            pass
+        else:
+            raise RuntimeError(f"transformers {version} builds the unpatched {model_type!r} config but not the "
+                               f"patched one ({reason}); this is a ropekit bug") from failure
+    written_by = config.get("transformers_version")
+    which = (f"; its config.json was written by transformers {written_by}: install that version "
+             f"(pip install 'transformers=={written_by}')" if isinstance(written_by, str) and written_by != version
+             else "")
+    raise TransformersCannotBuildError(
+        f"this transformers ({version}) cannot build model_type {model_type!r}"
+        f"{', not even its unpatched config' if original is not None else ''} ({reason}){which}") from None
+
+
+def unpatched(config: dict[str, Any], receipt: Any) -> dict[str, Any] | None:
+    """The config before the receipt's changes (a value recorded as null or absent is removed)."""
+    import copy
+
+    try:
+        undo = [Change((), tuple(c["path"]), c["after"], c["before"], removed=c["before"] is None)
+                for c in reversed(receipt["changes"])]
+        original = copy.deepcopy(config)
+        ConfigView(original).apply(undo)
+    except (KeyError, TypeError, AttributeError):
+        return None
+    for node in (original, original.get("text_config")):  # a rope dict emptied by the undo was null
+        if isinstance(node, dict) and node.get(LEGACY) == {}:
+            node[LEGACY] = None
+    return original
 
 

@@ -18,9 +18,11 @@ class defaults (131072, 1e6, 256) and writes ``max_position_embeddings`` explici
 from __future__ import annotations
 
 from types import MappingProxyType
+from typing import Any
 
 from ropekit.registry.family import Family
 from ropekit.registry.hookspecs import hookimpl
+from ropekit.scaling.config_view import ConfigView, legacy_mirror
 
 
 class Gemma3Family(Family):
@@ -31,6 +33,17 @@ class Gemma3Family(Family):
     config_defaults = MappingProxyType({"max_position_embeddings": 131072, "head_dim": 256})
     description = ("Gemma 3: scaling on the full-attention layers only (sliding layers keep "
                    "rope_local_base_freq); 4B+ ship linear x8")
+
+    def legacy_mirror(self, view: ConfigView, path: tuple[str, ...],
+                      layers: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+        """transformers 4.57's Gemma 3 form: the global dict as rope_scaling + rope_theta, and
+        the sliding layers' base as rope_local_base_freq (5.x folds rope_scaling into
+        full_attention and lets the nested values win)."""
+        out = legacy_mirror(layers.get("full_attention") or {})
+        local = (layers.get("sliding_attention") or {}).get("rope_theta")
+        if local is not None:
+            out["rope_local_base_freq"] = local
+        return out
 
 
 class GemmaFamily(Family):

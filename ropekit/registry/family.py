@@ -7,7 +7,8 @@ an instance from a ``register_families`` hook.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, ClassVar, Mapping, Protocol
 
@@ -18,6 +19,7 @@ from ropekit.scaling.config_view import (
     RopeSite,
     positive_float,
     positive_int,
+    shown_number,
 )
 
 
@@ -32,6 +34,11 @@ class FamilyLookup(Protocol):
 #: rope types that are not scaling (mrope only sections the rotary dimension)
 UNSCALED_TYPES = frozenset({"default", "mrope"})
 
+#: rope keys from which multi-head latent attention (DeepSeek-V2/V3, GLM-5, Kimi) derives
+#: its softmax temperature: transformers multiplies the attention's softmax scale by
+#: ``(0.1 * mscale_all_dim * ln factor + 1) ** 2`` when the rope type is not default
+MLA_TEMPERATURE_KEYS = frozenset({"mscale", "mscale_all_dim"})
+
 
 @dataclass(frozen=True)
 class ShippedScaling:
@@ -43,6 +50,10 @@ class ShippedScaling:
     window: int  # the context the shipped scaling declares
     site: str
     source: str = "config"  # or the Hub id of the ancestor that carries it
+    #: the normalized rope dict that carries it (the trained frequencies), when known
+    rope: dict[str, Any] | None = field(default=None, compare=False, repr=False)
+    #: the max_position_embeddings beside that dict
+    max_position_embeddings: int | None = field(default=None, compare=False, repr=False)
 
     def describe(self) -> str:
         where = "" if self.source == "config" else f" (inherited from base model {self.source})"
@@ -57,6 +68,16 @@ class ShippedScaling:
             "original_max_position_embeddings": self.original_max_position_embeddings,
             "window": self.window, "site": self.site, "source": self.source,
         }
+
+
+def mla_softmax_multiplier(rope: dict[str, Any]) -> float:
+    """transformers' ``yarn_apply_mscale``: ``(0.1 m ln s + 1) ** 2`` with m = ``mscale_all_dim``."""
+    if rope.get("rope_type", "default") in UNSCALED_TYPES:
+        return 1.0
+    all_dim, factor = rope.get("mscale_all_dim"), rope.get("factor")
+    if not all_dim or factor is None or float(factor) <= 1:
+        return 1.0
+    return (0.1 * float(all_dim) * math.log(float(factor)) + 1.0) ** 2
 
 
 def rope_type_of(rope: dict[str, Any]) -> str:
@@ -96,6 +117,12 @@ class Family:
     #: answer for every model_type no other family claims (declare no model_types then);
     #: a subclass that declares model_types is an ordinary family
     fallback: ClassVar[bool] = False
+    #: rope keys the attention softmax scale is derived from (MLA: :data:`MLA_TEMPERATURE_KEYS`);
+    #: yarn keeps them, methods without an attention temperature remove them
+    temperature_keys: ClassVar[frozenset[str]] = frozenset()
+    #: whether transformers 5.x folds a flat legacy ``rope_scaling`` into the scaled layer type
+    #: of a per-layer-type model (Gemma 3 does; Gemma 4 and MiMo-V2-Flash fail to build)
+    flat_rope_scaling_folds: ClassVar[bool] = True
     description: ClassVar[str] = ""
 
     plugin: str = ""
@@ -163,6 +190,12 @@ class Family:
             raise InvalidConfigError(f"{site.label}.rope_type is {declared!r}; expected a string such as "
                                      "'default', 'linear' or 'yarn'; fix the config.json")
         rope["rope_type"] = rope_type_of(rope)
+        for key, value in rope.items():
+            bad = [v for v in (value if isinstance(value, list) else [value])
+                   if isinstance(v, float) and not math.isfinite(v)]
+            if bad:
+                raise InvalidConfigError(f"{site.label}.{key} holds {shown_number(bad[0])}; expected finite numbers "
+                                         "(NaN and Infinity cannot scale a rotary frequency); fix the config.json")
         return rope
 
     def setting(self, view: ConfigView, site: RopeSite, key: str) -> Any:
@@ -219,9 +252,11 @@ class Family:
             original = self.native_window(view, site)
         factor = rope.get("factor")
         factor = positive_float(factor, f"{site.label}.factor") if factor is not None else window / original
+        max_positions = window
         if rope_type == "dynamic":  # dynamic's threshold is max_position_embeddings itself
             window = int(round(factor * window))
-        return ShippedScaling(rope_type, factor, original, window, site.label)
+        return ShippedScaling(rope_type, factor, original, window, site.label, rope=rope,
+                              max_position_embeddings=max_positions)
 
     def head_dim(self, view: ConfigView, site: RopeSite) -> int:
         """The attention head size: ``head_dim``, else hidden_size // num_attention_heads."""
@@ -273,6 +308,26 @@ class Family:
         if self.fill_head_dim and view.get(site.path, "head_dim") is None:
             return {"head_dim": self.head_dim(view, site)}
         return {}
+
+    def softmax_scale_multiplier(self, rope: dict[str, Any]) -> float:
+        """What the attention folds into its softmax scale from a (normalized) rope dict.
+
+        1 unless the family declares :attr:`temperature_keys`; for MLA, YaRN's
+        ``mscale(factor, mscale_all_dim) ** 2`` whenever the rope type is not default.
+        """
+        if not self.temperature_keys:
+            return 1.0
+        return mla_softmax_multiplier(rope)
+
+    def legacy_mirror(self, view: ConfigView, path: tuple[str, ...],
+                      layers: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+        """Container keys that make transformers 4.57 read per-layer-type rope settings as 5.x does.
+
+        ``layers`` holds the patched ``rope_parameters`` dict of each layer type at ``path``.
+        None (the default) when 4.57 has no such form: a 5.x-layout file of a model type
+        4.57 knows is then refused rather than written for one version only.
+        """
+        return None
 
     def refresh_live_modules(self, model: Any) -> list[str]:
         """Update a live model's modules, other than rotary ones, that depend on rope settings.

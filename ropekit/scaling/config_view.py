@@ -216,18 +216,47 @@ class ConfigView:
             setattr(node, key, value)
 
 
+#: rope dict keys transformers 4.57 reads at the container, not inside ``rope_scaling``
+CONTAINER_KEYS = ("rope_theta", "partial_rotary_factor")
+
+
+def legacy_mirror(rope: dict[str, Any]) -> dict[str, Any]:
+    """The container keys that make transformers 4.57 read a flat ``rope_parameters`` dict as 5.x does.
+
+    ``rope_scaling`` is the dict without its container keys, or null when nothing but
+    ``rope_type: default`` is left (4.57's MLA attention reads ``rope_scaling["factor"]``
+    whenever the dict is not null); ``rope_theta`` (and ``partial_rotary_factor``) beside it.
+    5.x reads the pair back into the same dict: a legacy ``rope_scaling`` becomes its
+    ``rope_parameters`` and the container keys are filled in.
+    """
+    legacy = {k: v for k, v in rope.items() if k not in CONTAINER_KEYS}
+    out: dict[str, Any] = {LEGACY: None if legacy in ({}, {"rope_type": "default"}) else legacy}
+    for key in CONTAINER_KEYS:
+        if key in rope:
+            out[key] = rope[key]
+    return out
+
+
 def is_missing(value: Any) -> bool:
     return value is _MISSING
+
+
+def shown_number(value: Any) -> str:
+    """A value as an error names it: non-finite numbers as JSON writes them (NaN, Infinity, -Infinity)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("-Infinity" if value < 0 else "Infinity")
+    return repr(value)
 
 
 def positive_int(value: Any, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
             or value <= 0 or int(value) != value:
-        raise InvalidConfigError(f"{what} is {value!r}; expected a positive integer; fix the config.json")
+        raise InvalidConfigError(f"{what} is {shown_number(value)}; expected a positive integer; fix the config.json")
     return int(value)
 
 
 def positive_float(value: Any, what: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise InvalidConfigError(f"{what} is {value!r}; expected a positive finite number; fix the config.json")
+        raise InvalidConfigError(f"{what} is {shown_number(value)}; expected a positive finite number; "
+                                 "fix the config.json")
     return float(value)

@@ -26,7 +26,8 @@ from ropekit.errors import (
 from ropekit.receipt import SCHEMA, Receipt, config_field_hashes, config_sha256
 from ropekit.registry.family import UNSCALED_TYPES, Family, ShippedScaling
 from ropekit.registry.manager import Registry, get_registry
-from ropekit.scaling.config_view import _MISSING, Change, ConfigView, RopeSite
+from ropekit.scaling import file_compat, policy
+from ropekit.scaling.config_view import _MISSING, CONTAINER_KEYS, LEGACY, Change, ConfigView, RopeSite
 from ropekit.scaling.long_context import LongContextConfig
 from ropekit.scaling.methods import (
     SCALING_KEYS,
@@ -59,6 +60,7 @@ class Plan:
     policy: str  # none | compound | replace
     final_ropes: dict[str, dict[str, Any]]
     config_max_position_embeddings: int
+    windows: policy.Windows
     warnings: list[str] = field(default_factory=list)
     #: why the family answered, when it says (the generic family always does)
     family_note: str | None = None
@@ -104,6 +106,7 @@ class Plan:
             "attention_scaling": self.attention_scaling,
             "method_reason": self.method_reason,
             "native_window": self.native_window,
+            "windows": self.windows.to_json(),
             "rotary_dim": self.rotary_dim,
             "existing_scaling": self.existing.to_json() if self.existing else None,
             "policy": {"on_existing": self.request.on_existing, "applied": self.policy,
@@ -152,14 +155,21 @@ class Located:
 
 def locate(view: ConfigView, registry: Registry, *, family: str | None = None,
            inherited: ShippedScaling | None = None) -> Located:
-    """The family, rope sites, native window and shipped (or inherited) scaling of a config."""
+    """The family, rope sites, native window and shipped (or inherited) scaling of a config.
+
+    A config that ships no scaling of its own but inherits some through Hub lineage takes
+    its native window from the inherited scaling (the window the base is unscaled for).
+    """
     fam = registry.family(family).resolve(view, registry) if family else registry.family_for(view)
     refusal = fam.refusal(view)
     if refusal:
         raise ArchitectureError(refusal, family=fam.name)
     sites = fam.rope_sites(view)
-    return Located(fam, sites, fam.native_window(view, sites[-1]),
-                   fam.shipped_scaling(view, sites[-1]) or inherited, fam.note(view))
+    own = fam.shipped_scaling(view, sites[-1])
+    note = fam.note(view)
+    if own is None and inherited is not None:
+        return Located(fam, sites, inherited.original_max_position_embeddings, inherited, note)
+    return Located(fam, sites, fam.native_window(view, sites[-1]), own, note)
 
 
 def plan_config(target: Any, request: LongContextConfig, *, registry: Registry | None = None,
@@ -178,67 +188,74 @@ def plan_config(target: Any, request: LongContextConfig, *, registry: Registry |
     located = locate(view, registry, family=family, inherited=inherited)
     fam, sites, primary = located.family, located.sites, located.primary
     native, existing = located.native_window, located.existing
-    warnings: list[str] = []
 
     declared = request.original_max_position_embeddings
     if declared is not None and declared != native:
-        raise WindowMismatchError(
-            f"declared original window {declared} differs from the native window {native} of this "
-            f"{fam.name} model; drop original_max_position_embeddings or set it to {native}"
-        )
+        raise WindowMismatchError(_mismatch(declared, native, fam, existing))
 
-    base_window = existing.original_max_position_embeddings if existing else native
-    if request.factor is not None:
-        requested = float(request.factor)
-        total = requested * (existing.factor if existing and request.on_existing == "compound" else 1.0)
-    else:
-        total = request.target_context / base_window
-        requested = total / existing.factor if existing and request.on_existing == "compound" else total
-        if requested <= 1:
-            have = existing.window if existing else native
-            raise InvalidRequestError(
-                f"target_context {request.target_context} is not beyond the model's window {have}; "
-                "ask for a longer target or leave the model as it is"
-            )
-
-    method_name, reason = choose_method(request, total, fam)
+    fac = policy.factors(request, existing, native)
+    method_name, reason = choose_method(request, fac.total, fam)
     fam.check_method(method_name)
     method = registry.method(method_name)
 
-    policy = "none"
+    applied = "none"
     if existing:
         if request.on_existing == "refuse":
-            compounded = existing.factor * requested
-            raise CompoundingError(
-                f"model {existing.describe()} at {existing.site}; asking x{requested:g} more means "
-                f"x{compounded:g} in total; pass on_existing='compound' (--on-existing compound) for "
-                f"{method.name} x{compounded:g} from {existing.original_max_position_embeddings}, or "
-                f"'replace' to drop {existing.rope_type} and apply {method.name} x{requested:g}"
-            )
-        policy = request.on_existing
-        if policy == "replace":
-            warnings.append(f"dropping shipped {existing.rope_type} x{existing.factor:g}; "
-                            f"{method.name} x{total:g} replaces it")
-    original = base_window
+            raise policy.compounding_refusal(existing, request, method, fac)
+        applied = request.on_existing
+        if applied == "compound" and not method.attention_temperature and existing.rope is not None:
+            trained = fam.softmax_scale_multiplier(existing.rope)
+            if trained > 1 + policy.REL_TOL:
+                raise policy.temperature_refusal(existing, method, fam, trained)
+    windows = policy.windows(existing, native, fac.total, fac.base)
+    warnings = policy.window_warnings(existing, request, applied, method, fac, windows)
 
-    if total > method.stable_max_factor and not request.allow_unstable:
+    if fac.total > method.stable_max_factor and not request.allow_unstable:
         raise UnstableFactorError(
-            f"{method.name} x{total:g} is beyond its stable band (<= x{method.stable_max_factor:g}); "
+            f"{method.name} x{fac.total:g} is beyond its stable band (<= x{method.stable_max_factor:g}); "
             "lower the factor, choose another method, or pass allow_unstable=True (--allow-unstable)"
         )
     if method.name == "dynamic":
         warnings.append("dynamic NTK suits inference only; fine-tune with yarn or linear instead")
 
+    changes, final_ropes, max_positions = _site_changes(view, fam, sites, method, fac, request, applied)
+    rotary_dim = fam.rotary_dim(view, primary)
+    if applied == "compound" and existing is not None and existing.rope is not None:
+        _check_compound(view, fam, sites, existing, method, fac, request, final_ropes, rotary_dim,
+                        max_positions, registry)
+    changes += file_compat.mirror_changes(view, fam, sites, final_ropes)
+    file_compat.check_no_traps(view, fam, changes)
+
+    if not view.is_dict:  # the installed transformers will read this object
+        check_transformers_support(final_ropes[primary.label], int(max_positions))
+    return Plan(
+        family=fam, method=method, method_reason=reason, request=request, sites=sites,
+        changes=changes, native_window=native, original_window=fac.base, factor=fac.total,
+        requested_factor=fac.requested, rotary_dim=rotary_dim, existing=existing, policy=applied,
+        final_ropes=final_ropes, config_max_position_embeddings=int(max_positions),
+        windows=windows, warnings=warnings, family_note=located.note,
+    )
+
+
+def _mismatch(declared: int, native: int, fam: Family, existing: ShippedScaling | None) -> str:
+    why = f" (it {existing.describe()})" if existing is not None else ""
+    return (f"declared original window {declared} differs from the native window {native} of this "
+            f"{fam.name} model{why}; drop original_max_position_embeddings (--original-max) or set it to {native}")
+
+
+def _site_changes(view: ConfigView, fam: Family, sites: list[RopeSite], method: ScalingMethod,
+                  fac: policy.Factors, request: LongContextConfig, applied: str,
+                  ) -> tuple[list[Change], dict[str, dict[str, Any]], int]:
+    """The changes at every rope site and container, the rope dicts they leave, and max positions."""
     changes: list[Change] = []
     final_ropes: dict[str, dict[str, Any]] = {}
-    rotary_dim = fam.rotary_dim(view, primary)
-    max_positions = None
+    max_positions = 0
     containers_done: set[tuple[str, ...]] = set()
     for site in sites:
         rope = fam.rope(view, site)
-        req = MethodRequest(total, original, fam.rotary_dim(view, site), rope["rope_theta"],
+        req = MethodRequest(fac.total, fac.base, fam.rotary_dim(view, site), rope["rope_theta"],
                             request.beta_fast, request.beta_slow, request.attn_factor)
-        site_changes, final_ropes[site.label] = _rope_changes(view, fam, site, rope, method, req, policy)
+        site_changes, final_ropes[site.label] = _rope_changes(view, fam, site, rope, method, req, applied)
         if site.path not in containers_done:  # what the class builds, written out where the patch leaves it
             written = {c.path for c in site_changes}
             changes += [c for c in _implied_changes(site.path, fam.implied_settings(view, site))
@@ -247,17 +264,63 @@ def plan_config(target: Any, request: LongContextConfig, *, registry: Registry |
         if site.path not in containers_done:
             containers_done.add(site.path)
             max_positions = method.config_max_position_embeddings(req)
-            changes += _container_changes(view, fam, site, method, max_positions, primary=site is primary)
+            changes += _container_changes(view, fam, site, method, max_positions, primary=site is sites[-1])
+    return changes, final_ropes, max_positions
 
-    if not view.is_dict:  # the installed transformers will read this object
-        check_transformers_support(final_ropes[primary.label], int(max_positions))
-    return Plan(
-        family=fam, method=method, method_reason=reason, request=request, sites=sites,
-        changes=changes, native_window=native, original_window=original, factor=total,
-        requested_factor=requested, rotary_dim=rotary_dim, existing=existing, policy=policy,
-        final_ropes=final_ropes, config_max_position_embeddings=int(max_positions),
-        warnings=warnings, family_note=located.note,
-    )
+
+def _check_compound(view: ConfigView, fam: Family, sites: list[RopeSite], existing: ShippedScaling,
+                    method: ScalingMethod, fac: policy.Factors, request: LongContextConfig,
+                    final_ropes: dict[str, dict[str, Any]], rotary_dim: int, max_positions: int,
+                    registry: Registry) -> None:
+    """Refuse a compound that makes any rotary pair turn faster than the weights were trained with."""
+    trained = existing.rope or {}
+    trained_max = existing.max_position_embeddings or existing.window
+    faster = policy.faster_pairs(trained, final_ropes[sites[-1].label], rotary_dim, trained_max, max_positions)
+    if faster is None:
+        return
+    final = final_ropes[sites[-1].label]
+    suggestion = None
+    if existing.rope_type == "linear" and method.name != "linear":
+        linear = registry.method("linear")
+        unstable = fac.total > linear.stable_max_factor and not request.allow_unstable
+        alternative = (f"linear over linear composes exactly: method='linear' (--method linear --on-existing "
+                       f"compound{' --allow-unstable' if unstable else ''}) gives linear x{fac.total:g} from "
+                       f"{fac.base} = {new_window(fac.total, fac.base)} tokens")
+        suggestion = request.model_copy(update={"method": "linear", "allow_unstable": request.allow_unstable or unstable})
+    elif method.name != "yarn" and (fam.methods is None or "yarn" in fam.methods) and policy.faster_pairs(
+            trained, _yarn_rope(trained, fac, request), rotary_dim, trained_max,
+            new_window(fac.total, fac.base)) is None:
+        alternative = "yarn keeps every trained frequency: method='yarn' (--method yarn --on-existing compound)"
+        suggestion = request.model_copy(update={"method": "yarn"})
+    elif method.name == "yarn" and (beta := _safe_beta_fast(trained, final, rotary_dim, trained_max,
+                                                               max_positions, request)) is not None:
+        alternative = (f"a wider YaRN ramp keeps every trained frequency: beta_fast={beta:g} "
+                       f"(--beta-fast {beta:g})")
+        suggestion = request.model_copy(update={"beta_fast": float(beta)})
+    else:
+        alternative = (f"replace the shipped {existing.rope_type} instead (--on-existing replace), which applies "
+                       f"{method.name} x{fac.requested:g} from {fac.base} = {new_window(fac.requested, fac.base)} tokens")
+    error = policy.frequency_refusal(existing, method, fac, faster, alternative)
+    error.suggestion = suggestion
+    raise error
+
+
+def _yarn_rope(trained: dict[str, Any], fac: policy.Factors, request: LongContextConfig) -> dict[str, Any]:
+    """The rope dict yarn would write over ``trained`` for the same total factor."""
+    return {"rope_type": "yarn", "rope_theta": trained["rope_theta"], "factor": fac.total,
+            "original_max_position_embeddings": fac.base, "beta_fast": request.beta_fast,
+            "beta_slow": request.beta_slow}
+
+
+def _safe_beta_fast(trained: dict[str, Any], final: dict[str, Any], rotary_dim: int, trained_max: int,
+                    max_positions: int, request: LongContextConfig) -> float | None:
+    """The smallest power-of-two multiple of beta_fast (up to 1024) whose YaRN ramp slows every pair enough."""
+    beta = request.beta_fast * 2
+    while beta <= 1024:
+        if policy.faster_pairs(trained, {**final, "beta_fast": beta}, rotary_dim, trained_max, max_positions) is None:
+            return beta
+        beta *= 2
+    return None
 
 
 def _rope_changes(view: ConfigView, fam: Family, site: RopeSite, rope: dict[str, Any], method: ScalingMethod,
@@ -274,6 +337,8 @@ def _rope_changes(view: ConfigView, fam: Family, site: RopeSite, rope: dict[str,
     if policy in ("compound", "replace") and rope["rope_type"] not in UNSCALED_TYPES:
         removals = {k for k in raw if k in SCALING_KEYS and k not in fam.preserve_keys and k not in updates}
         updates.setdefault("rope_type", method.rope_type or "default")
+    if not method.attention_temperature:  # e.g. MLA's mscale: linear, ntk and dynamic set no temperature
+        removals |= {k for k in raw if k in fam.temperature_keys and k not in updates}
     if "rope_type" in updates and "type" in raw:
         removals.add("type")  # a stale legacy key would contradict rope_type
     changes = []
@@ -284,6 +349,11 @@ def _rope_changes(view: ConfigView, fam: Family, site: RopeSite, rope: dict[str,
     for key in sorted(removals):
         changes.append(Change(site.path, view.rope_key(site, key), raw[key], None, removed=True))
     final = {k: v for k, v in {**rope, **updates}.items() if k not in removals}
+    if site.layout == LEGACY and not site.layer_type and changes and _only_default(final) and raw:
+        # nothing but rope_type default left: null, which every transformers reads as plain RoPE
+        # (4.57's MLA attention indexes rope_scaling["factor"] of any dict that is not null)
+        changes = [c for c in changes if c.key[0] != LEGACY]
+        changes.append(Change(site.path, (LEGACY,), view.get(site.path, LEGACY), None))
     return changes, final
 
 
@@ -297,6 +367,10 @@ def _implied_changes(container: tuple[str, ...], settings: dict[str, Any],
         else:
             changes.append(Change(container, (*prefix, key), _MISSING, value))
     return changes
+
+
+def _only_default(rope: dict[str, Any]) -> bool:
+    return {k: v for k, v in rope.items() if k not in CONTAINER_KEYS} in ({}, {"rope_type": "default"})
 
 
 def _container_changes(view: ConfigView, fam: Family, site: RopeSite, method: ScalingMethod,

@@ -46,6 +46,9 @@ class ScalingMethod:
     rope_type: ClassVar[str | None]
     #: the long_context parameters this method carries (others are null)
     uses_betas: ClassVar[bool] = False
+    #: whether the method sets an attention temperature (YaRN); methods without one remove a
+    #: family's temperature keys (MLA's mscale, mscale_all_dim) so that none is applied
+    attention_temperature: ClassVar[bool] = False
     plugin: str = ""
 
     def rope_updates(self, req: MethodRequest, rope: dict[str, Any]) -> dict[str, Any]:
@@ -114,6 +117,7 @@ class YaRN(ScalingMethod):
     stable_max_factor = 32.0
     rope_type = "yarn"
     uses_betas = True
+    attention_temperature = True
 
     def rope_updates(self, req, rope):
         out: dict[str, Any] = {
