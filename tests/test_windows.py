@@ -68,7 +68,7 @@ def test_factor_refusal_suggests_the_target_the_factor_meant():
     # x2 on top: yarn x16 from 8192 = 131072, no longer than today; x2 today's window = 262144
     assert "yarn x16 from 8192 = 131072 tokens (x1 the window 131072" in message
     assert "--target-context 262144 --on-existing compound" in message
-    assert err.value.suggestion.target_context == 262144
+    assert err.value.suggestion.on_existing == "compound" and err.value.suggestion.factor == 2
 
 
 def test_a_target_inside_the_shipped_window_is_refused():
@@ -195,3 +195,25 @@ def test_replace_never_silently_writes_a_wrong_window(llama31_fine_tune):
     assert (p.original_window, p.new_window) == (8192, 32768)
     assert any("shrinks the window 131072 -> 32768" in w for w in p.warnings)
 
+
+
+# --- non-finite numbers outside the rope settings --------------------------------------------------
+
+def test_nemotron_h_infinity_in_time_step_limit_loads(tmp_path, capsys):
+    """Nemotron-H's Mamba field time_step_limit holds Infinity; transformers loads it, so does ropekit."""
+    from ropekit.receipt import config_canonical_json, config_sha256
+
+    source = ROOT / "fixtures" / "nonfinite" / "nvidia__NVIDIA-Nemotron-3-Nano-30B-A3B-BF16" / "config.json"
+    text = source.read_text()
+    assert '"time_step_limit"' not in text
+    folder = tmp_path / "nemotron"
+    folder.mkdir()
+    (folder / "config.json").write_text(text.replace('{', '{\n  "time_step_limit": [0.0, Infinity],', 1))
+    config = ropekit.resolve(folder).config
+    assert config["time_step_limit"] == [0.0, math.inf]
+    assert b'"time_step_limit":[0,Infinity]' in config_canonical_json(config)
+    assert config_sha256(config) != config_sha256({**config, "time_step_limit": [0.0, 1e30]})
+    code = main(["inspect", str(folder)])
+    err = capsys.readouterr().err
+    assert "Infinity" not in err and "NaN" not in err  # whatever is said, it is not about the number
+    assert code in (0, 3, 4)

@@ -37,6 +37,7 @@ class MiMoV2FlashFamily(GenericFamily):
     model_types = ("mimo_v2_flash",)
     scaled_layer_types = ("full_attention",)
     config_defaults = MappingProxyType({"head_dim": 192})
+    flat_rope_scaling_folds = False  # transformers 5.x: KeyError 'full_attention' on a flat rope_scaling
     description = ("MiMo-V2-Flash: the class-built per-layer-type rope_parameters (the file's theta "
                    "keys are inert); full-attention layers scaled, sliding ones kept")
 

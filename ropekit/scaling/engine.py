@@ -20,6 +20,7 @@ from ropekit.errors import (
     ArchitectureError,
     CompoundingError,
     InvalidRequestError,
+    RopekitError,
     UnstableFactorError,
     WindowMismatchError,
 )
@@ -201,7 +202,8 @@ def plan_config(target: Any, request: LongContextConfig, *, registry: Registry |
     applied = "none"
     if existing:
         if request.on_existing == "refuse":
-            raise policy.compounding_refusal(existing, request, method, fac)
+            raise _checked_refusal(view, registry, family, inherited,
+                                   policy.compounding_refusal(existing, request, method, fac))
         applied = request.on_existing
         if applied == "compound" and not method.attention_temperature and existing.rope is not None:
             trained = fam.softmax_scale_multiplier(existing.rope)
@@ -235,6 +237,20 @@ def plan_config(target: Any, request: LongContextConfig, *, registry: Registry |
         final_ropes=final_ropes, config_max_position_embeddings=int(max_positions),
         windows=windows, warnings=warnings, family_note=located.note,
     )
+
+
+def _checked_refusal(view: ConfigView, registry: Registry, family: str | None, inherited: ShippedScaling | None,
+                     refusal: CompoundingError) -> CompoundingError:
+    """The refusal, or, when the compound it suggests is refused too, that reason and its alternative."""
+    try:
+        plan_config(view, refusal.suggestion, registry=registry, family=family, inherited=inherited)
+    except CompoundingError as exc:
+        combined = CompoundingError(f"{refusal}; but {exc}")
+        combined.suggestion = getattr(exc, "suggestion", None)
+        return combined
+    except RopekitError:
+        pass
+    return refusal
 
 
 def _mismatch(declared: int, native: int, fam: Family, existing: ShippedScaling | None) -> str:

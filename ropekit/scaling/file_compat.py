@@ -48,8 +48,10 @@ def mirror_changes(view: ConfigView, family: Family, sites: list[RopeSite],
             values = legacy_mirror(final_ropes[at[0].label])
         else:
             nested = view.get(path, PARAMETERS)
+            nested = nested if isinstance(nested, dict) else {}  # class-built: written by the patch itself
+            names = dict.fromkeys([*nested, *(s.layer_type for s in at)])
             layers = {lt: {**(nested.get(lt) or {}), **final_ropes.get(RopeSite(path, PARAMETERS, lt).label, {})}
-                      for lt in nested}
+                      for lt in names}
             mirror = family.legacy_mirror(view, path, layers)
             if mirror is None:
                 model_type = view.get(path, "model_type") or view.get((), "model_type")

@@ -118,15 +118,15 @@ def compounding_refusal(existing: ShippedScaling, request: LongContextConfig, me
     goal = new_window(asked, have)
     parts = [f"{head}; x{asked:g} on top compounds to {method.name} x{compounded:g} from {L0} = {reached} tokens "
              f"({_times(reached / have)} the window {have} it has today)"]
-    if reached >= goal * (1 - REL_TOL):
-        parts.append("pass on_existing='compound' (--on-existing compound) for that")
-        suggestion = request.model_copy(update={"on_existing": "compound"})
-    else:
+    beyond = compounded > method.stable_max_factor and not request.allow_unstable
+    parts.append(f"pass on_existing='compound' (--on-existing compound{' --allow-unstable' if beyond else ''}) "
+                 "for that")
+    suggestion = request.model_copy(update={"on_existing": "compound", "allow_unstable": request.allow_unstable
+                                            or beyond})
+    if reached < goal * (1 - REL_TOL):
         unstable = goal / L0 > method.stable_max_factor and not request.allow_unstable
-        parts.append(f"for x{asked:g} the window it has today ({goal} tokens) compound to a target instead: "
-                     f"target_context={goal}, on_existing='compound' ({target_options(goal, 'compound', unstable)})")
-        suggestion = request.model_copy(update={"on_existing": "compound", "factor": None, "target_context": goal,
-                                                "allow_unstable": request.allow_unstable or unstable})
+        parts.append(f"for x{asked:g} the window it has today ({goal} tokens) ask target_context={goal} "
+                     f"instead ({target_options(goal, 'compound', unstable)})")
     replaced = new_window(asked, L0)
     shrink = f", which shrinks the window from {have}" if replaced < have else ""
     parts.append(f"'replace' (--on-existing replace) drops {existing.rope_type} and applies {method.name} "
