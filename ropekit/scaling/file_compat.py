@@ -18,7 +18,7 @@ import copy
 from typing import Any
 
 from ropekit.errors import InvalidConfigError, TransformersVersionError
-from ropekit.receipt import same_value
+from ropekit.config_match import same_value
 from ropekit.registry.family import Family
 from ropekit.scaling.config_view import (
     _MISSING,
