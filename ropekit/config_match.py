@@ -76,16 +76,22 @@ def rope_snapshot(view: ConfigView, family: Any) -> dict[str, dict[str, Any]]:
     return {site_key(site): normalized_rope(view, family, site) for site in family.rope_sites(view)}
 
 
-def rope_differences(recorded: dict[str, dict[str, Any]], view: ConfigView) -> list[tuple[str, Any, Any]]:
+def rope_differences(recorded: dict[str, dict[str, Any]], view: ConfigView,
+                     family_name: str | None = None) -> list[tuple[str, Any, Any]]:
     """``(config path, found, recorded)`` for every rope value that reads differently.
 
     Each rope dict the file holds at a recorded site is compared (both layouts when the
     file carries both); a site with no rope dict at all is read with the family's defaults.
-    A missing value is reported as the string ``absent``.
+    A missing value is reported as the string ``absent``. ``family_name`` (the family the
+    receipt recorded, e.g. a ``--family`` patch) reads the config when it is registered.
     """
     from ropekit.registry.manager import get_registry
 
-    family = get_registry().family_for(view)
+    registry = get_registry()
+    if family_name is not None and family_name in registry.families_by_name:
+        family = registry.family(family_name).resolve(view, registry)
+    else:
+        family = registry.family_for(view)
     out: list[tuple[str, Any, Any]] = []
     for path, layer_type, wanted in _pairs(recorded, view, family):
         node = view.node(path)

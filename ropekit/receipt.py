@@ -265,7 +265,9 @@ def verify_receipt(receipt: Receipt | dict[str, Any], config: Any) -> Receipt:
     view = config if isinstance(config, ConfigView) else ConfigView(config)
     recorded_rope = receipt.get("rope_values")
     rope_by_value = isinstance(recorded_rope, dict)  # receipts before rope_values compare rope keys by path
-    rope_problems = rope_differences(recorded_rope, view) if rope_by_value else []
+    recorded_family = receipt.get("family")
+    family_name = recorded_family.get("name") if isinstance(recorded_family, dict) else None
+    rope_problems = rope_differences(recorded_rope, view, family_name) if rope_by_value else []
     read = transformers_reading(view)
     for change in receipt["changes"]:
         if not (rope_by_value and any(part in ROPE_KEYS for part in change["path"])):
