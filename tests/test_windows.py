@@ -203,7 +203,7 @@ def test_nemotron_h_infinity_in_time_step_limit_loads(tmp_path, capsys):
     """Nemotron-H's Mamba field time_step_limit holds Infinity; transformers loads it, so does ropekit."""
     from ropekit.receipt import config_canonical_json, config_sha256
 
-    source = ROOT / "fixtures" / "nonfinite" / "nvidia__NVIDIA-Nemotron-3-Nano-30B-A3B-BF16" / "config.json"
+    source = ROOT / "tests" / "data" / "nvidia__NVIDIA-Nemotron-3-Nano-30B-A3B-BF16" / "config.json"
     text = source.read_text()
     assert '"time_step_limit"' not in text
     folder = tmp_path / "nemotron"
