@@ -99,16 +99,34 @@ def test_a_patched_5x_layout_file_reads_the_same_in_every_supported_transformers
     assert float(found) == pytest.approx(attention, rel=1e-6)
 
 
-def test_per_layer_type_file_without_a_legacy_form_is_refused_naming_the_version():
-    """olmo3 (known to 4.57) keyed by layer type: no family knows its 4.57 form."""
+def _olmo3(sliding_theta: float) -> dict:
     config = load_fixture("meta-llama__Meta-Llama-3-8B-Instruct")
     theta = config.pop("rope_theta")
     config.pop("rope_scaling", None)
-    config.update(model_type="olmo3", layer_types=["sliding_attention", "full_attention"] * 16,
+    config.update(model_type="olmo3", architectures=["Olmo3ForCausalLM"],
+                  layer_types=["sliding_attention", "full_attention"] * 16,
                   rope_parameters={"full_attention": {"rope_type": "default", "rope_theta": theta},
-                                   "sliding_attention": {"rope_type": "default", "rope_theta": theta}})
+                                   "sliding_attention": {"rope_type": "default", "rope_theta": sliding_theta}})
+    return config
+
+
+def test_per_layer_type_file_without_a_legacy_form_is_refused_naming_the_version():
+    """olmo3 (known to 4.57, which builds its sliding layers from the one rope_theta) with two bases."""
     with pytest.raises(TransformersVersionError, match=r"transformers 4\.57 cannot read.*'olmo3'"):
-        apply_rope_scaling(config, LongContextConfig(method="yarn", factor=4), family="llama")
+        apply_rope_scaling(_olmo3(10000.0), LongContextConfig(method="yarn", factor=4))
+
+
+def test_per_layer_type_file_on_one_base_gets_the_flat_legacy_form():
+    config = _olmo3(500000.0)
+    apply_rope_scaling(config, LongContextConfig(method="yarn", factor=4))
+    assert config["rope_theta"] == 500000.0
+    assert config["rope_scaling"] == {k: v for k, v in config["rope_parameters"]["full_attention"].items()
+                                      if k != "rope_theta"}
+    from transformers import AutoConfig
+
+    built = AutoConfig.for_model(**config)  # 4.57 reads rope_scaling; 5.x the nested dicts: both yarn x4
+    rope = built.rope_parameters["full_attention"] if transformers_major() >= 5 else built.rope_scaling
+    assert (rope["rope_type"], rope["factor"]) == ("yarn", 4.0)
 
 
 # --- the three traps -----------------------------------------------------------------------------

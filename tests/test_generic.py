@@ -21,11 +21,12 @@ YARN4 = LongContextConfig(method="yarn", factor=4)
 
 
 def olmo3_file() -> dict:
-    """A transformers 5.x file of an unclaimed per-layer-type model (OLMo 3 layout)."""
+    """A transformers 5.x file of an unclaimed per-layer-type model (OLMo 3 layout: one base for both
+    layer types, as transformers' Olmo3Config builds it)."""
     return {"model_type": "olmo3", "hidden_size": 4096, "num_attention_heads": 32, "max_position_embeddings": 65536,
             "layer_types": ["sliding_attention", "sliding_attention", "sliding_attention", "full_attention"],
             "rope_parameters": {"full_attention": {"rope_type": "default", "rope_theta": 500000.0},
-                                "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}}}
+                                "sliding_attention": {"rope_type": "default", "rope_theta": 500000.0}}}
 
 
 def test_unclaimed_model_type_falls_to_the_generic_family_and_says_why():

@@ -39,7 +39,7 @@ from types import MappingProxyType
 from typing import Any, ClassVar, Mapping
 
 from ropekit.errors import UnknownFamilyError
-from ropekit.registry.family import Family, FamilyLookup
+from ropekit.registry.family import MLA_TEMPERATURE_KEYS, Family, FamilyLookup
 from ropekit.registry.hookspecs import hookimpl
 from ropekit.scaling.config_view import PARAMETERS, ConfigView, RopeSite, positive_int
 
@@ -83,6 +83,9 @@ class GenericFamily(Family):
     name = "generic"
     model_types: ClassVar[tuple[str, ...]] = ()
     fallback = True
+    #: MLA models among them fold mscale_all_dim into the softmax scale (the landing check looks only
+    #: at attentions with qk_head_dim); linear, ntk and dynamic carry no temperature and drop the keys
+    temperature_keys = MLA_TEMPERATURE_KEYS
     #: where a language config can live, in the order transformers' get_text_config() tries
     text_config_paths: ClassVar[tuple[tuple[str, ...], ...]] = (
         ("text_config",), ("decoder",), ("generator",), ("thinker_config", "text_config"), ("llm_config",),

@@ -17,6 +17,7 @@ from ropekit.scaling.config_view import (
     LEGACY,
     ConfigView,
     RopeSite,
+    legacy_mirror,
     positive_float,
     positive_int,
     shown_number,
@@ -324,10 +325,24 @@ class Family:
         """Container keys that make transformers 4.57 read per-layer-type rope settings as 5.x does.
 
         ``layers`` holds the patched ``rope_parameters`` dict of each layer type at ``path``.
-        None (the default) when 4.57 has no such form: a 5.x-layout file of a model type
-        4.57 knows is then refused rather than written for one version only.
+        By default: when one layer type is scaled and every other one is plain RoPE on the
+        same base, the flat legacy form of the scaled one (transformers 4.57 builds the other
+        layer types as default RoPE from the same ``rope_theta``, as Olmo 3 does). None when
+        4.57 has no such form: a 5.x-layout file of a model type 4.57 knows is then refused
+        rather than written for one version only.
         """
-        return None
+        scaled = [lt for lt, rope in layers.items() if rope_type_of(rope) not in UNSCALED_TYPES]
+        if len(scaled) != 1:
+            return None
+        theta = layers[scaled[0]].get("rope_theta")
+        for layer_type, rope in layers.items():
+            if layer_type != scaled[0] and {k: v for k, v in rope.items() if k != "partial_rotary_factor"} \
+                    not in ({"rope_type": "default", "rope_theta": theta}, {"rope_type": "default"}):
+                return None
+        if any(view.get(path, key) is not None for key in ("rope_local_base_freq", "global_rope_theta",
+                                                            "local_rope_theta")):
+            return None  # the model reads per-layer bases from keys of its own
+        return legacy_mirror(layers[scaled[0]])
 
     def refresh_live_modules(self, model: Any) -> list[str]:
         """Update a live model's modules, other than rotary ones, that depend on rope settings.

@@ -99,7 +99,8 @@ def traps(view: ConfigView, family: Family) -> list[str]:
             nested = all(isinstance(v, dict) for v in params.values())
             compare = params
             if nested:
-                scaled = [lt for lt in (family.scaled_layer_types or ()) if isinstance(params.get(lt), dict)]
+                wanted = (*(family.scaled_layer_types or ()), "full_attention")  # the global layers' dict
+                scaled = [lt for lt in wanted if isinstance(params.get(lt), dict)]
                 compare = params[scaled[0]] if scaled else {}
             theta = node.get("rope_theta")
             inner = compare.get("rope_theta")  # absent inside: 5.x fills it from the top level
