@@ -332,7 +332,7 @@ class Family:
         rather than written for one version only.
         """
         scaled = [lt for lt, rope in layers.items() if rope_type_of(rope) not in UNSCALED_TYPES]
-        if len(scaled) != 1:
+        if len(scaled) != 1 or len(layers) < 2:  # the other layer types unknown (class-built): no judgement
             return None
         theta = layers[scaled[0]].get("rope_theta")
         for layer_type, rope in layers.items():
