@@ -66,6 +66,11 @@ def encode_bytes(text: str) -> list[int]:
     return list(text.encode("utf-8"))
 
 
+def decode_bytes(ids: list[int]) -> str:
+    """Byte-level ids back to text (invalid UTF-8 shown as U+FFFD)."""
+    return bytes(i for i in ids if 0 <= i < 256).decode("utf-8", errors="replace")
+
+
 def tokens(text: str, encode: Encoder = encode_bytes) -> "torch.Tensor":
     """``text`` as a 1-D ``torch.long`` tensor of token ids."""
     import torch

@@ -81,7 +81,7 @@ def finetune(model: LoadedModel, request: FinetuneRequest,
     length = eval_length(model.window, request.factor)
     batch = max(1, request.batch_tokens // length)
     config = scaled_config(model, request.method, request.factor, request.betas)
-    trainee = build(model, config).float().train()  # fp32 master weights; autocast does bf16
+    trainee = build(model, config, trainable=True).float().train()  # fp32 master weights; autocast does bf16
     optimizer = torch.optim.AdamW(trainee.parameters(), lr=request.lr, betas=(0.9, 0.95), weight_decay=0.0)
     trainee, optimizer = accelerator.prepare(trainee, optimizer)
     stream = corpus.training_stream(model.encode)

