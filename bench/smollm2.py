@@ -101,8 +101,12 @@ def main() -> None:
     parser.add_argument("--summary", type=Path, default=None,
                         help="default: the results path with .json instead of .jsonl")
     parser.add_argument("--no-baseline", action="store_true", help="skip the plain forward pass")
+    parser.add_argument("--report", action="store_true", help="only print the tables of what was measured")
     args = parser.parse_args()
     summary_path = args.summary or args.results.with_suffix(".json")
+    if args.report:
+        print(markdown(args.results, json.loads(summary_path.read_text())["steps"]))
+        return
     log = args.results.with_suffix(".log")
     gguf = args.gguf or smollm2_gguf()
     ropekit = [sys.executable, "-m", "ropekit"]
@@ -167,8 +171,13 @@ def markdown(results: Path, steps: dict[str, Any]) -> str:
         lines += ["", "| method | length | depth | key | answer | found | wall s |", "|---|---:|---:|---:|---|---|---:|"]
         lines += [f"| {t['method']} | {t['length']} | {t['depth']:g} | {t['key']} | {t['answer'] or '-'} | "
                   f"{'yes' if t['found'] else 'no'} | {t['seconds']:.0f} |" for t in trials]
-    lines += ["", "| step | wall s | peak RSS MiB |", "|---|---:|---:|"]
+    lines += ["", "| step (its own process) | wall s | peak RSS MiB |", "|---|---:|---:|"]
     lines += [f"| {name} | {s['seconds']:.0f} | {s['peak_rss_mib']:.0f} |" for name, s in steps.items()]
+    plain = next((s for name, s in steps.items() if name.startswith("plain forward")), None)
+    longest = [s["peak_rss_mib"] for name, s in steps.items() if name.startswith("profile ") and name != "profile none"]
+    if plain and longest:
+        lines += ["", f"Peak RSS of a profile process at the longest length: {min(longest):.0f}-{max(longest):.0f} MiB, "
+                      f"{max(longest) / plain['peak_rss_mib']:.2f}x the plain forward pass ({plain['peak_rss_mib']:.0f} MiB)."]
     return "\n".join(lines)
 
 

@@ -48,7 +48,7 @@ def write_tiny_llama_gguf(path: Path, window: int = 256, hidden: int = 32, layer
     import numpy as np
 
     heads, kv_heads, ffn = 4, 2, 64
-    tokens = [*_byte_symbols(), "Ġt", "<|endoftext|>"]
+    tokens = [*_byte_symbols(), "Ġt", "he", "<|endoftext|>"]
     vocab, head_dim = len(tokens), hidden // heads
     rng = np.random.default_rng(seed)
     writer = gguf.GGUFWriter(str(path), "llama")
@@ -65,7 +65,7 @@ def write_tiny_llama_gguf(path: Path, window: int = 256, hidden: int = 32, layer
     writer.add_tokenizer_model("gpt2")
     writer.add_token_list(tokens)
     writer.add_token_types([1] * (vocab - 1) + [3])  # the last one is a control token
-    writer.add_token_merges(["Ġ t"])
+    writer.add_token_merges(["Ġ t", "h e"])  # two: transformers 4.57 reads a one-item list as a string
     writer.add_bos_token_id(vocab - 1)
     writer.add_eos_token_id(vocab - 1)
 
