@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import math
 import os
 import platform
 import subprocess
@@ -71,18 +72,21 @@ from transformers import AutoModelForCausalLM
 from ropekit.eval import corpus
 from ropekit.eval.models import load_tokenizer
 from pathlib import Path
-folder, length, threads = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+folder, length, threads, layers = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 torch.set_num_threads(threads)
 tokenizer = load_tokenizer(folder)
 encode = lambda text: tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
 chunk = corpus.eval_chunks(corpus.documents("heldout", encode), length, length)[:1]
 model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, attn_implementation="sdpa",
                                              trust_remote_code=False).eval()
+all_layers = model.model.layers  # kept referenced: every weight stays in memory
+if layers:
+    model.model.layers = all_layers[:layers]
 started = time.perf_counter()
 with torch.inference_mode():
     hidden = model.model(input_ids=chunk).last_hidden_state
-print(json.dumps({"length": length, "forward_seconds": round(time.perf_counter() - started, 1),
-                  "hidden": list(hidden.shape)}))
+print(json.dumps({"length": length, "layers_run": len(model.model.layers), "layers": len(all_layers),
+                  "forward_seconds": round(time.perf_counter() - started, 1), "hidden": list(hidden.shape)}))
 """
 
 
@@ -101,6 +105,12 @@ def main() -> None:
     parser.add_argument("--summary", type=Path, default=None,
                         help="default: the results path with .json instead of .jsonl")
     parser.add_argument("--no-baseline", action="store_true", help="skip the plain forward pass")
+    parser.add_argument("--baseline-layers", type=int, default=0,
+                        help="run only the first N decoder layers in the plain forward pass at the longest length "
+                             "(all weights loaded; inference frees each layer's activations before the next, so "
+                             "the peak comes in the first layer); the full and the cut pass are also compared "
+                             "at 2048 tokens. 0: the whole pass")
+    parser.add_argument("--only-baseline", action="store_true", help="only the plain forward pass(es)")
     parser.add_argument("--report", action="store_true", help="only print the tables of what was measured")
     args = parser.parse_args()
     summary_path = args.summary or args.results.with_suffix(".json")
@@ -121,7 +131,9 @@ def main() -> None:
         if name not in steps:
             print(f"{time.strftime('%H:%M:%S')} {name} ...", flush=True)
             record = run_measured(cmd, log)
-            record.pop("stdout")
+            stdout = record.pop("stdout").strip()
+            if stdout.startswith("{"):
+                record["output"] = json.loads(stdout)
             steps[name] = record
             save()
             print(f"{time.strftime('%H:%M:%S')} {name}: {record['seconds']} s, peak RSS {record['peak_rss_mib']} MiB",
@@ -134,11 +146,17 @@ def main() -> None:
     longest = round(8192 * max(float(f) for f in args.factors.split(",")))
     common = ["--factors", args.factors, "--tokens-per-cell", str(args.tokens), "--bucket", str(args.bucket),
               "--threads", str(args.threads), "--results", str(args.results)]
-    for number, method in enumerate(args.methods.split(",")):
+    if not args.no_baseline:  # the memory floor
+        plain = [sys.executable, "-c", PLAIN_FORWARD, str(args.folder)]
+        if args.baseline_layers:
+            for layers in (0, args.baseline_layers):
+                step(f"plain forward 2048, {layers or 'all'} layers", [*plain, "2048", str(args.threads), str(layers)])
+        step(f"plain forward {longest}" + (f", {args.baseline_layers} layers" if args.baseline_layers else ""),
+             [*plain, str(longest), str(args.threads), str(args.baseline_layers)])
+    if args.only_baseline:
+        return
+    for method in [m for m in args.methods.split(",") if m]:
         step(f"profile {method}", [*ropekit, "profile", str(args.folder), "--methods", method, *common])
-        if number == 0 and not args.no_baseline:  # the memory floor, right after the first cells
-            step(f"plain forward {longest}",
-                 [sys.executable, "-c", PLAIN_FORWARD, str(args.folder), str(longest), str(args.threads)])
     if args.depths:
         step("passkey", [*ropekit, "profile", str(args.folder), "--methods", args.methods, *common,
                          "--passkey", args.depths])
@@ -155,17 +173,30 @@ def environment(threads: int) -> dict[str, Any]:
             "cpus": os.cpu_count(), "threads": threads}
 
 
-def markdown(results: Path, steps: dict[str, Any]) -> str:
+def span_ppl(cell: dict[str, Any], lo: int, hi: int) -> float:
+    """Perplexity over target positions ``[lo, hi)`` from the cell's buckets (weighted by their sizes)."""
+    total = count = 0.0
+    for name, ppl in cell["buckets"].items():
+        a, b = map(int, name.split("-"))
+        if lo <= a and b <= hi:
+            n = b - max(a, 1)
+            total, count = total + n * math.log(ppl), count + n
+    return math.exp(total / count) if count else float("nan")
+
+
+def markdown(results: Path, steps: dict[str, Any], window: int = 8192) -> str:
     """The README tables from the results file."""
     records = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
     cells = [r for r in records if r.get("record") == "cell"]
-    lines = ["| method | length | ppl | " + " | ".join(cells[-1]["buckets"]) + " | wall s | peak RSS MiB |",
-             "|---|---:|---:|" + "---:|" * len(cells[-1]["buckets"]) + "---:|---:|"] if cells else []
+    names = max((list(c["buckets"]) for c in cells), key=len, default=[])
+    names.sort(key=lambda name: int(name.split("-")[0]))
+    lines = ["| method | length | ppl | first 8192 | past 8192 | " + " | ".join(names) + " | wall s | peak RSS MiB |",
+             "|---|---:|---:|---:|---:|" + "---:|" * len(names) + "---:|---:|"] if cells else []
     for c in cells:
-        buckets = [f"{c['buckets'].get(b, float('nan')):.1f}" if b in c["buckets"] else ""
-                   for b in cells[-1]["buckets"]]
-        lines.append(f"| {c['method']} | {c['length']} | {c['ppl']:.2f} | " + " | ".join(buckets) +
-                     f" | {c['seconds']:.0f} | {c['peak_rss_mib']:.0f} |")
+        buckets = [f"{c['buckets'][b]:.1f}" if b in c["buckets"] else "" for b in names]
+        past = f"{span_ppl(c, window, c['length']):.1f}" if c["length"] > window else ""
+        lines.append(f"| {c['method']} | {c['length']} | {c['ppl']:.2f} | {span_ppl(c, 0, window):.1f} | {past} | "
+                     + " | ".join(buckets) + f" | {c['seconds']:.0f} | {c['peak_rss_mib']:.0f} |")
     trials = [r for r in records if r.get("record") == "passkey"]
     if trials:
         lines += ["", "| method | length | depth | key | answer | found | wall s |", "|---|---:|---:|---:|---|---|---:|"]
@@ -173,7 +204,7 @@ def markdown(results: Path, steps: dict[str, Any]) -> str:
                   f"{'yes' if t['found'] else 'no'} | {t['seconds']:.0f} |" for t in trials]
     lines += ["", "| step (its own process) | wall s | peak RSS MiB |", "|---|---:|---:|"]
     lines += [f"| {name} | {s['seconds']:.0f} | {s['peak_rss_mib']:.0f} |" for name, s in steps.items()]
-    plain = next((s for name, s in steps.items() if name.startswith("plain forward")), None)
+    plain = next((s for name, s in steps.items() if name.startswith("plain forward") and "2048" not in name), None)
     longest = [s["peak_rss_mib"] for name, s in steps.items() if name.startswith("profile ") and name != "profile none"]
     if plain and longest:
         lines += ["", f"Peak RSS of a profile process at the longest length: {min(longest):.0f}-{max(longest):.0f} MiB, "

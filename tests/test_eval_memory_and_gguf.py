@@ -388,7 +388,8 @@ def test_gpu_script_on_a_cpu_only_machine_says_what_it_would_run(tmp_path):
 
 def test_gpu_script_dry_run_runs_every_step_at_a_tiny_size(tmp_path):
     results = tmp_path / "gpu.jsonl"
-    done = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu.py"), "--dry-run", "--results", str(results)],
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu.py"), "--dry-run", "--results", str(results),
+                           "--budget-seconds", "1e9"],  # every step, however busy the machine
                           capture_output=True, text=True, cwd=ROOT, timeout=900)
     assert done.returncode == 0, done.stderr
     records = [json.loads(line) for line in results.read_text().splitlines()]
