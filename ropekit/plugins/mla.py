@@ -23,7 +23,6 @@ from types import MappingProxyType
 from typing import ClassVar
 
 from ropekit.plugins.generic import GenericFamily
-from ropekit.registry.family import MLA_TEMPERATURE_KEYS
 from ropekit.registry.hookspecs import hookimpl
 from ropekit.scaling.config_view import ConfigView, RopeSite, positive_int
 
@@ -37,9 +36,6 @@ class MlaFamily(GenericFamily):
     """
 
     config_defaults = MappingProxyType({"qk_rope_head_dim": 64})
-    #: yarn keeps mscale / mscale_all_dim (the softmax temperature); linear, ntk and dynamic remove
-    #: them, and the landing check compares every attention's softmax scale with the temperature
-    temperature_keys = MLA_TEMPERATURE_KEYS
     #: transformers sets ``head_dim = qk_rope_head_dim`` whatever the file says (False: a file's
     #: ``head_dim`` wins, as for DeepSeek-V3, whose config class lets the keyword override it)
     forces_rope_head_dim: ClassVar[bool] = True
