@@ -76,6 +76,8 @@ def entry(model_type: str) -> dict[str, Any]:
     forced = _head_dim_follows_qk_rope(model_type, config)
     if forced:
         out["head_dim_from"] = "qk_rope_head_dim"
+    if _rotary_dim_becomes_partial(model_type, config):
+        out["rotary_dim_to_partial"] = True
     try:
         model = skeleton_with_rotaries(data)
     except Exception as exc:  # transformers cannot build its own class default
@@ -95,6 +97,36 @@ def _text_config(config: Any) -> Any:
 
 def _short(exc: Exception) -> str:
     return f"{type(exc).__name__}: {' '.join(str(exc).split())[:160]}"
+
+
+def _rotary_dim_becomes_partial(model_type: str, config: Any) -> bool:
+    """True when the config class turns a legacy ``rotary_dim`` into ``partial_rotary_factor`` (MiniMax-M2)."""
+    from transformers import AutoConfig
+
+    text = _text_config(config)
+    try:
+        head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+        probe = _text_config(AutoConfig.for_model(model_type, rotary_dim=head_dim // 8))
+    except Exception:
+        return False
+    probed = getattr(probe, "rope_parameters", None) or {}
+    partial = probed.get("partial_rotary_factor", getattr(probe, "partial_rotary_factor", None))
+    params = getattr(text, "rope_parameters", None) or {}
+    before = params.get("partial_rotary_factor", getattr(text, "partial_rotary_factor", None))
+    return partial == 0.125 and before != 0.125
+
+
+def _rejects_rope_type(model_type: str) -> bool:
+    """True when the config class accepts only a legacy ``{type, factor}`` rope_scaling (OLMo on 4.57)."""
+    from transformers import AutoConfig
+
+    try:
+        AutoConfig.for_model(model_type, rope_scaling={"rope_type": "linear", "factor": 2.0})
+    except ValueError as exc:  # wants the legacy ``type`` key (and only linear or dynamic)
+        return "rope_scaling" in str(exc)
+    except Exception:
+        return False
+    return False
 
 
 def _head_dim_follows_qk_rope(model_type: str, config: Any) -> bool:
@@ -134,7 +166,12 @@ def main() -> int:
         old = types.get(model_type)
         versions = sorted({version, *(old["versions"] if old else [])}, key=lambda v: tuple(map(int, v.split("."))))
         keep = old if old and version != newest else fresh  # the newest version's facts win
-        types[model_type] = {**keep, "versions": versions}
+        legacy_only = {v for v in (old or {}).get("legacy_rope_scaling_only", []) if v != version}
+        if _rejects_rope_type(model_type):
+            legacy_only.add(version)
+        keep = {k: v for k, v in keep.items() if k not in ("versions", "legacy_rope_scaling_only")}
+        types[model_type] = {**keep, "versions": versions,
+                             **({"legacy_rope_scaling_only": sorted(legacy_only)} if legacy_only else {})}
     table["versions"] = sorted({version, *table["versions"]}, key=lambda v: tuple(map(int, v.split("."))))
     table["model_types"] = dict(sorted(types.items()))
     TABLE.write_text(json.dumps(table, indent=1, sort_keys=False) + "\n")

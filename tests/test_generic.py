@@ -42,13 +42,27 @@ def test_unclaimed_model_type_falls_to_the_generic_family_and_says_why():
 
 
 def test_legacy_file_of_an_unclaimed_type_keeps_its_layout():
-    cfg = {"model_type": "olmo2", "hidden_size": 2048, "num_attention_heads": 16, "max_position_embeddings": 4096,
+    cfg = {"model_type": "olmoe", "hidden_size": 2048, "num_attention_heads": 16, "max_position_embeddings": 4096,
            "rope_theta": 500000, "rope_scaling": None}
     plan_, receipt = apply_config(cfg, YARN4)
     assert cfg["rope_scaling"]["rope_type"] == "yarn" and cfg["rope_scaling"]["original_max_position_embeddings"] == 4096
     assert cfg["rope_theta"] == 500000 and cfg["max_position_embeddings"] == 16384
     assert plan_.rotary_dim == 128
-    assert receipt["family"]["name"] == "generic" and "olmo2" in receipt["family"]["note"]
+    assert receipt["family"]["name"] == "generic" and "olmoe" in receipt["family"]["note"]
+
+
+def test_a_config_class_that_takes_only_legacy_type_and_factor_gets_ntk_only():
+    from conftest import transformers_major
+    from ropekit.errors import UnsupportedMethodError
+
+    cfg = {"model_type": "olmo2", "hidden_size": 2048, "num_attention_heads": 16, "max_position_embeddings": 4096,
+           "rope_theta": 500000, "rope_scaling": None}
+    if transformers_major() >= 5:
+        assert plan(cfg, YARN4).method.name == "yarn"
+        return
+    with pytest.raises(UnsupportedMethodError, match="legacy .type, factor. rope_scaling.*ntk"):
+        plan(cfg, YARN4)  # OlmoConfig 4.57 raises on any rope_type key
+    assert plan(cfg, LongContextConfig(method="auto", factor=4)).method.name == "ntk"
 
 
 def test_partial_rotary_factor_and_legacy_rotary_dim():

@@ -16,7 +16,10 @@ family applies that standard to any model_type the installed transformers knows:
   (transformers' yarn, dynamic and longrope crash on ``None``);
 - values a config.json leaves out come from the config class's defaults, read from
   ``transformers_types.json`` (generated from transformers by
-  ``scripts/transformers_types.py``), so planning never imports transformers;
+  ``scripts/transformers_types.py``), so planning never imports transformers; a legacy
+  ``rotary_dim`` counts only where the config class turns it into partial_rotary_factor,
+  and where the installed transformers validates rope_scaling as a bare ``{type, factor}``
+  pair (OLMo on 4.57) only ntk (a new rope_theta) is offered;
 - a model_type whose language model builds no rotary module is refused, and one that
   the installed transformers does not know either stays an unknown family.
 
@@ -38,7 +41,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, ClassVar, Mapping
 
-from ropekit.errors import UnknownFamilyError
+from ropekit.constants import dist_version
+from ropekit.errors import UnknownFamilyError, UnsupportedMethodError
 from ropekit.registry.family import MLA_TEMPERATURE_KEYS, Family, FamilyLookup
 from ropekit.registry.hookspecs import hookimpl
 from ropekit.scaling.config_view import PARAMETERS, ConfigView, RopeSite, positive_int
@@ -49,6 +53,8 @@ TABLE = Path(__file__).with_name("transformers_types.json")
 REMOTE_CODE_TEXT_MODELS = MappingProxyType({"kimi_k2": "deepseek_v3"})
 #: words that mark a layer type as local attention (its rope is never scaled)
 LOCAL_WORDS = ("sliding", "chunk", "local", "swa")
+#: what a config class that validates rope_scaling as a legacy {type, factor} pair can carry
+LEGACY_ONLY_METHODS = ("ntk",)
 
 
 @functools.lru_cache(maxsize=1)
@@ -72,6 +78,11 @@ def installed_transformers_knows(model_type: str) -> tuple[bool, bool]:
     mappings = ("MODEL_FOR_CAUSAL_LM_MAPPING_NAMES", "MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES",
                 "MODEL_FOR_MULTIMODAL_LM_MAPPING_NAMES")
     return True, any(model_type in getattr(models, name, {}) for name in mappings)
+
+
+def installed_version() -> str:
+    """``major.minor`` of the installed transformers, from its metadata (nothing is imported)."""
+    return ".".join((dist_version("transformers") or "").split(".")[:2])
 
 
 def is_local_layer_type(layer_type: str) -> bool:
@@ -102,7 +113,8 @@ class GenericFamily(Family):
     def resolve(self, view: ConfigView, registry: FamilyLookup) -> Family:
         """A copy that knows the model_type's class defaults (or refuses, or raises UnknownFamilyError)."""
         model_type = view.model_type()
-        entry = transformers_types().get(model_type)
+        table = transformers_types()
+        entry = table.get(model_type) or table.get(model_type.replace("-", "_"))  # 4.57's "lfm2-vl"
         adapted = copy.copy(self)
         if entry is None:
             known, language = installed_transformers_knows(model_type)
@@ -118,13 +130,7 @@ class GenericFamily(Family):
         inner_type = REMOTE_CODE_TEXT_MODELS.get(inner_type, inner_type) if isinstance(inner_type, str) else None
         if isinstance(inner_type, str) and inner_type != model_type:  # a wrapper: its language model's defaults
             inner = transformers_types().get(inner_type)
-            known = inner_type in self.model_types  # a named family that claims its language model knows it
-            if inner is None and not known and not installed_transformers_knows(inner_type)[0]:
-                raise UnknownFamilyError(
-                    f"{model_type!r} wraps a {inner_type!r} language model and neither a family nor the installed "
-                    f"transformers knows {inner_type!r}; upgrade transformers, install or write a family plugin "
-                    "for it, or pass family=NAME to use an existing one")
-            defaults.update((inner or {}).get("defaults") or {})
+            defaults.update((inner or {}).get("defaults") or {})  # (4.57 names some text configs oddly)
         adapted.config_defaults = MappingProxyType(  # type: ignore[misc]
             {**defaults, **self.config_defaults})
         theta = defaults.get("rope_theta")
@@ -132,7 +138,17 @@ class GenericFamily(Family):
             adapted.default_rope_theta = float(theta)  # type: ignore[misc]
         if not self.model_types:
             adapted.reason = f"no plugin claims model_type {model_type!r}"
+        if installed_version() in entry.get("legacy_rope_scaling_only", ()):
+            adapted.methods = LEGACY_ONLY_METHODS  # type: ignore[misc]
         return adapted
+
+    def check_method(self, method: str) -> None:
+        if self.methods == LEGACY_ONLY_METHODS and method not in self.methods:
+            raise UnsupportedMethodError(
+                f"the installed transformers {installed_version()} accepts only a legacy {{type, factor}} "
+                f"rope_scaling (linear or dynamic, without rope_type) for this architecture, so {method!r} cannot "
+                "be written; use method='ntk' (it changes only rope_theta) or upgrade transformers to 5.x")
+        super().check_method(method)
 
     def refusal(self, view: ConfigView) -> str | None:
         model_type = view.model_type()
@@ -216,7 +232,7 @@ class GenericFamily(Family):
     def rotary_dim(self, view: ConfigView, site: RopeSite) -> int:
         rope = view.read_rope(site)
         has_partial = rope.get("partial_rotary_factor", view.get(site.path, "partial_rotary_factor")) is not None
-        legacy = view.get(site.path, "rotary_dim")
+        legacy = view.get(site.path, "rotary_dim") if self.entry.get("rotary_dim_to_partial") else None
         if legacy is not None and not has_partial and not self._rotates_qk_rope(view, site):
             dim = positive_int(legacy, ".".join([*site.path, "rotary_dim"]))  # MiniMax: partial = rotary_dim/head_dim
             if dim <= self.head_dim(view, site) and dim % 2 == 0 and dim >= 4:

@@ -16,6 +16,8 @@ better said by name than by the generic rule:
   built in the attention layer, not from rope settings transformers reads.
 - No RoPE although the file has ``rope_theta`` (Nemotron-H, Kimi-Linear): the attention
   layers apply no rotary embedding; the key is inert.
+- Unproven (Evolla, Qwen2.5-Omni): the landing check cannot prove a patch there, so none is
+  written.
 
 Each is a :class:`~ropekit.plugins.generic.GenericFamily`, so a wrapper whose language
 model is not one of these (an Aya Vision around another decoder) is read generically.
@@ -99,8 +101,18 @@ class NoRopeDespiteTheta(RefusedArchitecture):
     description = "refused: no RoPE in any layer, although configs may carry rope_theta"
 
 
+class UnprovenLanding(RefusedArchitecture):
+    name = "unproven"
+    model_types = ("evolla", "qwen2_5_omni")
+    why = ("cannot be shown to carry a patch: transformers 5.25 builds rotary modules outside its language model "
+           "that read other configs (Evolla's protein encoder), or cannot build the patched config at all "
+           "(Qwen2.5-Omni: KeyError 'factor'), so the landing check cannot prove the result")
+    instead = "use the model's native window; ropekit refuses rather than write a patch it cannot verify"
+    description = "refused: a patch the landing check cannot prove with transformers 5.25"
+
+
 REFUSED: tuple[type[RefusedArchitecture], ...] = (
-    LocalRopeOnly, ProportionalRope, DefaultRopeOnly, FixedSinusoidal, NoRopeDespiteTheta)
+    LocalRopeOnly, ProportionalRope, DefaultRopeOnly, FixedSinusoidal, NoRopeDespiteTheta, UnprovenLanding)
 
 
 @hookimpl

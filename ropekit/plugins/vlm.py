@@ -65,7 +65,7 @@ class VisionLanguageFamily(Family):
             inner = registry.lookup(inner_type)
         except UnknownFamilyError:
             fallback = getattr(registry, "fallback", None)
-            if fallback is not None:  # a language model no plugin claims: read generically
+            if fallback is not None and _transformers_knows(inner_type):  # no plugin claims it: read generically
                 return fallback.resolve(view, registry)
             known = ", ".join(sorted(registry.families_by_name))
             raise UnknownFamilyError(
@@ -98,6 +98,12 @@ class MllamaTextFamily(Family):
     model_types = ("mllama_text_model",)
     default_rope_theta = 500000.0
     description = "Mllama's (Llama 3.2 Vision) language model: Llama 3 rope, ships llama3 x8"
+
+
+def _transformers_knows(model_type: str) -> bool:
+    from ropekit.plugins.generic import installed_transformers_knows, transformers_types
+
+    return model_type in transformers_types() or installed_transformers_knows(model_type)[0]
 
 
 @hookimpl
