@@ -6,7 +6,9 @@ the family's own method where it supports no yarn), the patch, and the landing c
 the installed transformers from the patched data. The outcome is one of:
 
 - ``landed``: the rotary modules transformers builds carry the closed form;
-- ``refused``: refused by policy with the architectural reason (exit code 3);
+- ``refused``: refused by policy with the reason (exit code 3): the architecture cannot carry
+  scaling, or the file meets a policy (a compound that cannot be composed exactly, a layout the
+  other supported transformers cannot read);
 - ``unbuildable``: transformers cannot build its own class default (so nothing can be
   checked there; the plan is still made, and must not crash);
 - ``invalid``: the class default is refused as bad input by name (exit code 4: a rotary
@@ -27,9 +29,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from ropekit.errors import (
-    ArchitectureError,
     CompoundingError,
     InvalidConfigError,
+    PolicyError,
     RopekitError,
     UnsupportedMethodError,
 )
@@ -98,8 +100,8 @@ def _check(model_type: str, factor: float) -> Coverage:
             except UnsupportedMethodError:
                 request = request.model_copy(update={"method": "auto"})
             plan, _ = apply_config(patched, request)
-        except ArchitectureError as exc:
-            return Coverage(model_type, "refused", exc.family, str(exc), uses_rope)
+        except PolicyError as exc:  # the architecture, or a policy the file meets (compounding, versions)
+            return Coverage(model_type, "refused", getattr(exc, "family", None), str(exc), uses_rope)
         except InvalidConfigError as exc:
             return Coverage(model_type, "invalid", None, str(exc), uses_rope)
         except RopekitError as exc:
