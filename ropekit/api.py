@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from ropekit.hub import resolve as hub
 from ropekit.hub.resolve import ResolvedConfig
@@ -88,13 +88,15 @@ def load_model(ref: str | Path, request: LongContextConfig, *, revision: str | N
     return model, receipt.with_fields(landing=report.to_json())
 
 
-def verify_landing(target: Any, *, receipt: Receipt | None = None, family: str | None = None) -> Any:
+def verify_landing(target: Any, *, receipt: Receipt | None = None, family: str | None = None,
+                   progress: Callable[[str], None] | None = None) -> Any:
     """Check that what transformers builds carries the configured scaling.
 
     :param target: a live model, or a folder / config.json (built without weights).
     :param family: read the config with this family (default: the receipt's, else model_type's).
+    :param progress: called with a short description of each step (import, skeleton, each rotary module).
     :returns: a LandingReport (``.landed``, ``.to_json()``, ``.raise_if_not_landed()``).
     """
     from ropekit.landing.check import verify_landing as _verify
 
-    return _verify(target, receipt=receipt, family=family)
+    return _verify(target, receipt=receipt, family=family, progress=progress)

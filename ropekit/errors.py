@@ -5,18 +5,75 @@ Each subclass also inherits the built-in exception a caller would naturally catc
 for missing inputs), and carries the command-line ``exit_code`` it maps to:
 2 usage, 3 refused by policy or failed verification, 4 bad input or resolution failure.
 Messages are one sentence that names the value, what was expected and the fix.
+
+A message that tells the caller to pass something names it as a :class:`Param`, so
+each audience reads its own words: ``str(error)`` names the Python parameter
+(``on_existing='compound'``), and the command line renders the same part as its flag
+(``--on-existing compound``) through :meth:`RopekitError.render`.
 """
 
 from __future__ import annotations
 
+from typing import Any, Callable
+
+_NO_VALUE: Any = object()
+
+
+class Param:
+    """A parameter of the Python API named in an error message.
+
+    ``Param("on_existing", "compound")`` reads ``on_existing='compound'``;
+    ``Param("family", placeholder="NAME")`` reads ``family=NAME``;
+    ``Param("original_max_position_embeddings")`` reads the bare name.
+    """
+
+    __slots__ = ("name", "value", "placeholder")
+
+    def __init__(self, name: str, value: Any = _NO_VALUE, *, placeholder: str | None = None) -> None:
+        self.name = name
+        self.value = value
+        self.placeholder = placeholder
+
+    @property
+    def has_value(self) -> bool:
+        return self.value is not _NO_VALUE
+
+    def __str__(self) -> str:
+        if self.has_value:
+            return f"{self.name}={self.value!r}"
+        if self.placeholder:
+            return f"{self.name}={self.placeholder}"
+        return self.name
+
+    def __repr__(self) -> str:
+        return f"Param({str(self)!r})"
+
 
 class RopekitError(Exception):
-    """Root of all ropekit errors."""
+    """Root of all ropekit errors.
+
+    The message is given in parts: strings and :class:`Param` references, joined
+    into ``args[0]`` with each parameter in its Python spelling.
+    """
 
     exit_code: int = 4
 
+    def __init__(self, *parts: Any) -> None:
+        self.parts: tuple[Any, ...] = parts
+        super().__init__(*(("".join(str(part) for part in parts),) if parts else ()))
+
     def __str__(self) -> str:  # KeyError would otherwise quote the message
         return str(self.args[0]) if self.args else self.__class__.__name__
+
+    def render(self, name: Callable[[Param], str]) -> str:
+        """The message with every :class:`Param` spelled by ``name`` (the command line's flags)."""
+        if not any(isinstance(part, Param) for part in self.parts):
+            return str(self)
+        return "".join(name(part) if isinstance(part, Param) else str(part) for part in self.parts)
+
+    @property
+    def params(self) -> tuple[Param, ...]:
+        return tuple(part for part in self.parts if isinstance(part, Param))
 
 
 class InvalidRequestError(RopekitError, ValueError):

@@ -13,7 +13,7 @@ import copy
 import hashlib
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -108,8 +108,13 @@ def _json_safe(value: Any) -> Any:
                                  "values") from None
 
 
-class Receipt:
-    """A receipt; behaves as a read-only mapping over its JSON fields."""
+class Receipt(Mapping[str, Any]):
+    """A receipt: a read-only mapping over its JSON fields, seals included.
+
+    ``receipt["long_context"]``, ``"landing" in receipt``, ``list(receipt)`` (the field
+    names), ``len(receipt)`` and ``dict(receipt)`` work as for a dict; values are copies,
+    so editing one never changes the receipt (:meth:`with_fields` makes a new one).
+    """
 
     def __init__(self, data: dict[str, Any]) -> None:
         body = {k: copy.deepcopy(v) for k, v in data.items() if k not in _SEALS}
@@ -118,10 +123,13 @@ class Receipt:
         self._data = body
 
     def __getitem__(self, key: str) -> Any:
-        return self._data[key]
+        return copy.deepcopy(self._data[key])
 
-    def get(self, key: str, default: Any = None) -> Any:
-        return self._data.get(key, default)
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
 
     def to_dict(self) -> dict[str, Any]:
         return copy.deepcopy(self._data)

@@ -202,7 +202,7 @@ def test_plan_target_context_and_compound_and_replace(cli):
 @pytest.mark.parametrize("args, code, word", [
     (["--factor", "2", "--original-max", "8192"], 3, "4096"),
     (["--factor", "64", "--method", "yarn"], 3, "--allow-unstable"),
-    (["--factor", "2", "--beta-fast", "1"], 2, "beta_fast"),
+    (["--factor", "2", "--beta-fast", "1"], 2, "--beta-fast"),
     (["--factor", "2", "--method", "rope9"], 2, "rope9"),
     (["--factor", "abc"], 2, "--factor"),
     ([], 2, "--factor"),

@@ -6,7 +6,7 @@ import json
 import math
 
 import pytest
-from conftest import FIXTURES, load_fixture
+from conftest import FIXTURE_NAMES, FIXTURES, load_fixture
 
 from ropekit.cli import main
 from ropekit.errors import InvalidConfigError, InvalidRequestError
@@ -231,3 +231,48 @@ def test_memory_command_usage_and_input_errors(capsys, tmp_path):
     assert main(["memory", str(tmp_path), "--context", "4096", "--gpu", "H100"]) == 0  # LlamaConfig defaults
     captured = capsys.readouterr()
     assert "not in config.json" in captured.out and captured.err.count("error:") == 2
+
+
+# --- defaults without importing transformers ---------------------------------------------------
+
+@pytest.mark.parametrize("name", FIXTURE_NAMES)
+def test_bundled_defaults_give_what_the_installed_transformers_gives(name, monkeypatch):
+    """The captured defaults table and transformers' own config classes read every fixture alike."""
+    from ropekit.training import architecture
+
+    config = load_fixture(name)
+    try:
+        from_table = read_architecture(config)
+    except InvalidConfigError as exc:
+        from_table = str(exc)
+    monkeypatch.setattr(architecture, "_defaults_table", lambda: {"transformers": "-", "model_types": {}})
+    try:
+        from_transformers = read_architecture(config)
+    except InvalidConfigError as exc:
+        from_transformers = str(exc)
+    if isinstance(from_table, str) or isinstance(from_transformers, str):
+        assert from_table == from_transformers
+        return
+    ignore = {"filled", "defaults_from"}
+    fields = [f for f in from_table.__dataclass_fields__ if f not in ignore]
+    assert {f: getattr(from_table, f) for f in fields} == {f: getattr(from_transformers, f) for f in fields}
+    # layer_types is read from the sliding-window keys either way; an alias of a key the config has
+    # (num_experts / num_local_experts) is the config's own value, whichever name a version uses
+    same = {"layer_types", "num_experts", "num_local_experts"}
+    assert {k: v for k, v in from_table.filled.items() if k not in same} == \
+        {k: v for k, v in from_transformers.filled.items() if k not in same}
+
+
+def test_memory_never_imports_torch_or_transformers(tmp_path):
+    """``ropekit memory`` is arithmetic on a config: it costs what ``ropekit plan`` costs."""
+    import subprocess
+    import sys
+
+    probe = ("import sys\nfrom ropekit.cli import main\n"
+             "for folder in sys.argv[1:]:\n"
+             "    main(['memory', folder, '--context', '65536', '--gpu', 'H100'])\n"
+             "print('HEAVY', sorted(m for m in ('torch', 'transformers') if m in sys.modules), file=sys.stderr)\n")
+    folders = [str(FIXTURES / name) for name in FIXTURE_NAMES]
+    proc = subprocess.run([sys.executable, "-c", probe, *folders], capture_output=True, text=True, timeout=300)
+    assert proc.stdout.count("source: ") == len(folders), proc.stderr[-2000:]
+    assert "HEAVY []" in proc.stderr, proc.stderr[-2000:]

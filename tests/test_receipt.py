@@ -91,3 +91,25 @@ def test_verify_names_an_edited_receipt_field():
     data["long_context"]["factor"] = 8.0
     with pytest.raises(ReceiptMismatchError, match="long_context.factor"):
         verify_receipt(data, config)
+
+
+def test_receipt_is_a_complete_read_only_mapping():
+    """``in``, iteration, ``len``, ``dict()`` and ``get`` behave as on the receipt's own JSON."""
+    from collections.abc import Mapping
+
+    _, receipt = _receipt()
+    stored = json.loads(receipt.to_json())
+    assert isinstance(receipt, Mapping)
+    assert "landing" in receipt and "long_context" in receipt and "no-such-field" not in receipt
+    assert sorted(receipt) == sorted(stored) and len(receipt) == len(stored)
+    assert dict(receipt) == stored
+    assert dict(receipt.items()) == stored and sorted(receipt.keys()) == sorted(stored)
+    assert receipt.get("no-such-field") is None and receipt.get("no-such-field", 7) == 7
+    with pytest.raises(KeyError):
+        receipt["no-such-field"]
+    with pytest.raises(TypeError):
+        receipt["long_context"] = {}  # type: ignore[index]
+
+    edited = receipt["long_context"]
+    edited["factor"] = 64.0  # a copy: the receipt and its seal are untouched
+    assert receipt["long_context"]["factor"] == 4.0 and receipt.tampered_field() is None

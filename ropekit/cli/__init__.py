@@ -16,6 +16,7 @@ from typing import Any
 
 import click
 
+from ropekit.cli import failure
 from ropekit.errors import RopekitError
 
 COMMAND_MODULES: tuple[str, ...] = (
@@ -51,8 +52,26 @@ def _load_commands() -> None:
             cli.add_command(command)
 
 
+class _Output:
+    """The JSON document of the running command; printed once, by :func:`main`."""
+
+    collecting = False
+    document: Any = None
+
+
 def emit_json(data: Any) -> None:
-    """Print machine-readable output (``--json``)."""
+    """Print machine-readable output (``--json``).
+
+    Inside :func:`main` the document is held until the command ends, so that a
+    failure after it still gives one document: the report, with the error added.
+    """
+    if _Output.collecting:
+        _Output.document = data
+    else:
+        _print_json(data)
+
+
+def _print_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, sort_keys=True, default=str, allow_nan=False))
 
 
@@ -63,10 +82,45 @@ def _split_debug(args: list[str]) -> tuple[list[str], bool]:
     return [a for a in args[:end] if a != "--debug"] + args[end:], debug
 
 
+def _wants_json(args: list[str]) -> bool:
+    end = args.index("--") if "--" in args else len(args)
+    return "--json" in args[:end]
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``ropekit`` script; returns the exit code."""
+    """Entry point of the ``ropekit`` script; returns the exit code.
+
+    A failure is one ``error: ...`` line on stderr; with ``--json`` it is also one
+    JSON document on stdout: ``ok`` (false), ``exit_code``, ``error`` (``class``,
+    ``message``, ``fix``), beside any report the command had built.
+    """
     args, debug = _split_debug(list(sys.argv[1:] if argv is None else argv))
+    as_json = _wants_json(args)
     _load_commands()
+    _Output.collecting, _Output.document = True, None
+    try:
+        code = _run(args, debug)
+    finally:
+        _Output.collecting = False
+    if isinstance(code, _Failure):
+        click.echo(f"error: {code.text}{code.hint}", err=True)
+        if as_json:
+            _print_json(failure.document(code.exit_code, code.error_class, code.text, code.fix,
+                                         _Output.document if isinstance(_Output.document, dict) else None))
+        return code.exit_code
+    if _Output.document is not None:
+        _print_json(_Output.document)
+    return code
+
+
+class _Failure:
+    """What :func:`main` reports for a failed command."""
+
+    def __init__(self, exit_code: int, error_class: str, text: str, fix: str | None = None, hint: str = "") -> None:
+        self.exit_code, self.error_class, self.text, self.fix, self.hint = exit_code, error_class, text, fix, hint
+
+
+def _run(args: list[str], debug: bool) -> "int | _Failure":
     try:
         result = cli.main(args=args, prog_name="ropekit", standalone_mode=False)
         return result if isinstance(result, int) else 0
@@ -78,33 +132,26 @@ def main(argv: list[str] | None = None) -> int:
     except click.ClickException as exc:  # usage errors: bad option values, missing arguments
         if debug:
             traceback.print_exc()
-        hint = ""
         ctx = getattr(exc, "ctx", None)
+        fix, hint = None, ""
         if isinstance(exc, click.UsageError) and ctx is not None:
             hint = f" (see '{ctx.command_path} --help')"
-        click.echo(f"error: {_one_line(exc.format_message())}{hint}", err=True)
-        return exc.exit_code
+            fix = f"see '{ctx.command_path} --help'"
+        return _Failure(exc.exit_code, type(exc).__name__, failure.one_line(exc.format_message()), fix, hint)
     except click.Abort:
-        click.echo("error: aborted", err=True)
-        return 1
+        return _Failure(1, "Abort", "aborted")
     except RopekitError as exc:
         if debug:
             traceback.print_exc()
-        click.echo(f"error: {_one_line(str(exc))}", err=True)
-        return exc.exit_code
+        return _Failure(exc.exit_code, type(exc).__name__, failure.message(exc))
     except KeyboardInterrupt:
-        click.echo("error: interrupted", err=True)
-        return 130
+        return _Failure(130, "KeyboardInterrupt", "interrupted")
     except Exception as exc:  # a bug: say so plainly
         if debug:
             traceback.print_exc()
-        click.echo(f"error: internal error ({type(exc).__name__}: {_one_line(str(exc))}); this is a ropekit "
-                   "bug, rerun with --debug and report the traceback", err=True)
-        return 1
-
-
-def _one_line(message: str) -> str:
-    return " ".join(message.split())
+        return _Failure(1, type(exc).__name__,
+                        f"internal error ({type(exc).__name__}: {failure.one_line(str(exc))}); this is a ropekit "
+                        f"bug, {failure.BUG_FIX}", failure.BUG_FIX)
 
 
 def run() -> None:

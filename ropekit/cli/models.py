@@ -16,7 +16,7 @@ import click
 
 from ropekit import files
 from ropekit.api import resolve
-from ropekit.cli import emit_json, render
+from ropekit.cli import emit_json, progress, render
 from ropekit.errors import ArchitectureError, PolicyError, RopekitError, VerificationError
 from ropekit.hub.resolve import ResolvedConfig
 from ropekit.registry import families as registry_families
@@ -307,13 +307,14 @@ def verify_command(folder: Path, landing: bool, family: str | None, as_json: boo
         result = files.verify_folder(folder)
     except VerificationError as exc:
         if as_json:
-            emit_json({"folder": str(folder), "ok": False, "error": str(exc)})
+            emit_json({"folder": str(folder), "ok": False})
         raise
     report = None
     if landing:
         from ropekit.api import verify_landing
 
-        report = verify_landing(result.folder, family=family)
+        with progress.status("verify --landing") as report_step:
+            report = verify_landing(result.folder, family=family, progress=report_step)
         summary = report.to_json()
         detail = (f"{summary['modules_checked']} rotary buffers built by transformers {summary['transformers']} "
                   f"match the closed form (max relative error {report.max_rel_error:.2g})"

@@ -10,6 +10,7 @@ import os
 import sys
 from typing import Any, Iterable, Sequence
 
+from ropekit.cli.failure import split_fix
 from ropekit.scaling.config_view import Change, is_missing
 
 PIPED_WIDTH = 160
@@ -88,15 +89,7 @@ def long_context_rows(block: dict[str, Any]) -> list[tuple[str, Any]]:
 
 def first_clause(message: str) -> str:
     """The part of a one-sentence error before its first ``;`` outside brackets (the fix is left out)."""
-    depth = 0
-    for i, char in enumerate(message):
-        if char in "([{":
-            depth += 1
-        elif char in ")]}":
-            depth = max(depth - 1, 0)
-        elif char == ";" and depth == 0:
-            return message[:i]
-    return message
+    return split_fix(message)[0]
 
 
 def warn_lines(con: Any, warnings: Iterable[str]) -> None:

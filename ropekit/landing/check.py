@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from ropekit.errors import InvalidConfigError, LandingError, TransformersCannotBuildError
 from ropekit.landing.rotary import rotary_modules, skeleton_with_rotaries
@@ -131,7 +131,8 @@ class LandingReport:
 # --- the check --------------------------------------------------------------------------
 
 def verify_landing(target: Any, *, registry: Registry | None = None,
-                   receipt: Any = None, family: str | None = None) -> LandingReport:
+                   receipt: Any = None, family: str | None = None,
+                   progress: Callable[[str], None] | None = None) -> LandingReport:
     """Check that the rotary modules transformers builds carry the configured scaling.
 
     :param target: a live model, or a folder / config.json path (built without weights).
@@ -139,10 +140,12 @@ def verify_landing(target: Any, *, registry: Registry | None = None,
         model's config must carry.
     :param family: the family to read the config with; by default the one the receipt
         recorded, else the one model_type selects.
+    :param progress: called with a short description of each step (importing, building the
+        skeleton, each rotary module checked).
     """
     if isinstance(target, (str, Path)):
-        return _verify_folder(Path(target), registry=registry, family=family)
-    return check_model(target, registry=registry, receipt=receipt, family=family)
+        return _verify_folder(Path(target), registry=registry, family=family, progress=progress)
+    return check_model(target, registry=registry, receipt=receipt, family=family, progress=progress)
 
 
 def _family(view: ConfigView, registry: Registry, receipt: Any, family: str | None) -> Any:
@@ -158,7 +161,7 @@ def _family(view: ConfigView, registry: Registry, receipt: Any, family: str | No
 
 
 def check_model(model: Any, *, registry: Registry | None = None, receipt: Any = None,
-                family: str | None = None) -> LandingReport:
+                family: str | None = None, progress: Callable[[str], None] | None = None) -> LandingReport:
     registry = registry or get_registry()
     config = model.config
     view = ConfigView(config)
@@ -169,7 +172,10 @@ def check_model(model: Any, *, registry: Registry | None = None, receipt: Any = 
     report = LandingReport(family=family.name)
     if receipt is not None:
         report.problems += _receipt_problems(receipt, family, view, primary)
-    for name, _parent, _attr, module in rotary_modules(model):
+    modules = list(rotary_modules(model))
+    for i, (name, _parent, _attr, module) in enumerate(modules, 1):
+        if progress:
+            progress(f"checking rotary module {i}/{len(modules)} ({name})")
         own = getattr(module, "config", None)
         if own is not None and own is not text_config:
             module_view, module_family = ConfigView(own), family
@@ -268,7 +274,8 @@ def _check_module(name: str, module: Any, view: ConfigView, family: Any, primary
     return checks
 
 
-def _verify_folder(path: Path, *, registry: Registry | None, family: str | None = None) -> LandingReport:
+def _verify_folder(path: Path, *, registry: Registry | None, family: str | None = None,
+                   progress: Callable[[str], None] | None = None) -> LandingReport:
     from ropekit.constants import RECEIPT_FILENAME
     from ropekit.hub.resolve import resolve
     from ropekit.receipt import Receipt
@@ -277,11 +284,12 @@ def _verify_folder(path: Path, *, registry: Registry | None, family: str | None 
     folder = resolved.path.parent if resolved.path else path
     receipt_file = folder / RECEIPT_FILENAME
     receipt = Receipt.load(receipt_file) if receipt_file.is_file() else None
-    model = build_skeleton(resolved.config, receipt)
-    return check_model(model, registry=registry, receipt=receipt, family=family)
+    model = build_skeleton(resolved.config, receipt, progress=progress)
+    return check_model(model, registry=registry, receipt=receipt, family=family, progress=progress)
 
 
-def build_skeleton(config: dict[str, Any], receipt: Any = None) -> Any:
+def build_skeleton(config: dict[str, Any], receipt: Any = None,
+                   progress: Callable[[str], None] | None = None) -> Any:
     """The weightless skeleton of a (patched) config, telling a model this transformers cannot
     build (exit 4) from a patch that broke it (a ropekit bug, exit 1).
 
@@ -289,7 +297,7 @@ def build_skeleton(config: dict[str, Any], receipt: Any = None) -> Any:
     if it fails as well, this transformers cannot build the model at all.
     """
     try:
-        return skeleton_with_rotaries(config)
+        return skeleton_with_rotaries(config, progress=progress)
     except Exception as exc:  # anything transformers raises while building
         failure = exc
     reason = f"{type(failure).__name__}: {' '.join(str(failure).split())[:300]}"

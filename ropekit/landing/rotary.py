@@ -8,7 +8,7 @@ rotaries) is a rotary module, whatever the architecture calls it.
 from __future__ import annotations
 
 import copy
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from ropekit.errors import InvalidConfigError
 
@@ -44,7 +44,7 @@ def rotary_modules(model: Any) -> Iterator[tuple[str, Any, str, Any]]:
         yield ".".join(p for p in (prefix, name) if p), parent, attr, module
 
 
-def rebuild_rotaries(model: Any, device: Any = None) -> list[str]:
+def rebuild_rotaries(model: Any, device: Any = None, progress: Callable[[str], None] | None = None) -> list[str]:
     """Rebuild every rotary module of the language tower from the config it holds.
 
     Each module is rebuilt by its own class from its own config (and from the other
@@ -55,7 +55,10 @@ def rebuild_rotaries(model: Any, device: Any = None) -> list[str]:
     import torch
 
     rebuilt = []
-    for name, parent, attr, old in list(rotary_modules(model)):
+    modules = list(rotary_modules(model))
+    for i, (name, parent, attr, old) in enumerate(modules, 1):
+        if progress:
+            progress(f"building rotary module {i}/{len(modules)} ({name})")
         config = getattr(old, "config", None)
         if config is None:
             config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
@@ -82,7 +85,7 @@ def _constructor_attributes(module: Any) -> dict[str, Any]:
             if name not in {"self", "config", "device"} and hasattr(module, name)}
 
 
-def skeleton_with_rotaries(config_dict: dict[str, Any]) -> Any:
+def skeleton_with_rotaries(config_dict: dict[str, Any], progress: Callable[[str], None] | None = None) -> Any:
     """A model skeleton on the meta device whose rotary modules are real (built on CPU).
 
     No weights are allocated: the skeleton keeps one decoder layer per layer kind
@@ -90,7 +93,10 @@ def skeleton_with_rotaries(config_dict: dict[str, Any]) -> Any:
     accepts that, else the full depth, and lives on the meta device; its rotary modules
     are then rebuilt on the CPU, each by its own class from its own config, exactly as
     transformers builds them. ``model.config`` is the config the skeleton was built from.
+    ``progress`` is called at each step (importing, building, each rotary module rebuilt).
     """
+    report = progress or (lambda message: None)
+    report("importing torch and transformers")
     import torch
     from transformers import AutoConfig
 
@@ -109,6 +115,7 @@ def skeleton_with_rotaries(config_dict: dict[str, Any]) -> Any:
     except Exception:  # the config class cross-checks per-layer values the shallow copy dropped
         shallow = config
     model, failure = None, None
+    report(f"building the {model_type} skeleton (no weights)")
     for candidate in (shallow, config) if shallow is not config else (config,):
         for cls in classes:  # a VLM's CausalLM class may want the text config only: try the next
             try:
@@ -121,7 +128,7 @@ def skeleton_with_rotaries(config_dict: dict[str, Any]) -> Any:
             break
     if model is None:
         raise failure  # type: ignore[misc]
-    rebuild_rotaries(model, device=torch.device("cpu"))
+    rebuild_rotaries(model, device=torch.device("cpu"), progress=progress)
     return model
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ropekit.errors import UnsupportedMethodError
+from ropekit.errors import Param, UnsupportedMethodError
 from ropekit.registry.family import Family
 from ropekit.registry.hookspecs import hookimpl
 from ropekit.scaling.config_view import LEGACY, ConfigView, RopeSite, positive_int
@@ -32,7 +32,7 @@ class PhiFamily(Family):
         if method not in SUPPORTED:
             raise UnsupportedMethodError(
                 f"phi3 models (Phi-3, Phi-4) cannot carry {method!r} scaling because transformers' "
-                "Phi3Config accepts only longrope rope_scaling; use method='ntk' (it changes only "
+                "Phi3Config accepts only longrope rope_scaling; use ", Param("method", "ntk"), " (it changes only "
                 "rope_theta) or start from a Phi checkpoint that ships longrope, such as "
                 "Phi-3-mini-128k-instruct"
             )

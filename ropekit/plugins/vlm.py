@@ -17,7 +17,7 @@ import copy
 from types import MappingProxyType
 from typing import Any
 
-from ropekit.errors import InvalidConfigError, UnknownFamilyError
+from ropekit.errors import InvalidConfigError, Param, UnknownFamilyError
 from ropekit.registry.family import Family, FamilyLookup
 from ropekit.registry.hookspecs import hookimpl
 from ropekit.scaling.config_view import ConfigView
@@ -59,7 +59,7 @@ class VisionLanguageFamily(Family):
         if not isinstance(inner_type, str):
             raise InvalidConfigError(
                 f"{wrapper!r} config's {key} has no model_type; expected the language model's "
-                "model_type there (e.g. \"qwen2\"); fix the config.json or pass family=NAME"
+                "model_type there (e.g. \"qwen2\"); fix the config.json or pass ", Param("family", placeholder="NAME")
             )
         try:
             inner = registry.lookup(inner_type)
@@ -70,8 +70,8 @@ class VisionLanguageFamily(Family):
             known = ", ".join(sorted(registry.families_by_name))
             raise UnknownFamilyError(
                 f"{wrapper!r} wraps a {inner_type!r} language model ({key}.model_type) and no family handles "
-                f"{inner_type!r} (families: {known}); install or write a family plugin for it, or pass "
-                "family=NAME to use an existing one"
+                f"{inner_type!r} (families: {known}); install or write a family plugin for it, or pass ",
+                Param("family", placeholder="NAME"), " to use an existing one"
             ) from None
         if isinstance(inner, VisionLanguageFamily):
             raise InvalidConfigError(f"{wrapper!r} config's {key}.model_type is the wrapper {inner_type!r}; "

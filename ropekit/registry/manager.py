@@ -36,6 +36,7 @@ import ropekit.constants as constants
 import ropekit.registry.hookspecs as hookspecs
 from ropekit.errors import (
     InvalidRequestError,
+    Param,
     PluginError,
     RopekitError,
     UnknownFamilyError,
@@ -228,7 +229,7 @@ class Registry:
                 f"no family handles model_type {model_type!r} (families: {known}; "
                 "'ropekit plugins' lists their model_types); "
                 "install or write a family plugin (see 'Writing a family plugin' in the README) "
-                "or pass family=NAME to use an existing one"
+                "or pass ", Param("family", placeholder="NAME"), " to use an existing one"
             ) from None
 
     def family(self, name: str) -> "Family":
@@ -251,7 +252,8 @@ class Registry:
                 known = ", ".join(sorted(self.families_by_name))
                 raise UnknownFamilyError(f"no family named {claimed!r} (known: {known}), the answer of plugin "
                                          f"'{plugin}' to claim_config for model_type {model_type!r}; fix or block "
-                                         "that plugin (ROPEKIT_DISABLE_PLUGINS), or pass family=NAME")
+                                         "that plugin (ROPEKIT_DISABLE_PLUGINS), or pass ",
+                                         Param("family", placeholder="NAME"))
             else:
                 family = self.families_by_name[claimed]
         return family.resolve(view, self)
@@ -390,8 +392,9 @@ def _guarded(cls: type, name: str, kind: str, check: Callable[[Any], bool], expe
             raise
         except Exception as exc:
             raise PluginError(f"{_who(self, kind)} raised {type(exc).__name__} in {name}() ({_cut(str(exc))}); "
-                              "this is a bug in that plugin: report it to its authors, pass family=NAME to use "
-                              "another family, or block the plugin with ROPEKIT_DISABLE_PLUGINS") from exc
+                              "this is a bug in that plugin: report it to its authors, pass ",
+                              Param("family", placeholder="NAME"), " to use another family, or block the plugin "
+                              "with ROPEKIT_DISABLE_PLUGINS") from exc
         if not check(result):
             raise PluginError(f"{_who(self, kind)} returned {_repr(result)} from {name}(), expected "
                               f"{expected}; this is a bug in that plugin: report it to its authors, or block the "

@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from ropekit.errors import InvalidConfigError
+from ropekit.errors import InvalidConfigError, Param
 
 RopeLayout = str  # "rope_scaling" (transformers 4.x) or "rope_parameters" (5.x)
 LEGACY = "rope_scaling"
@@ -108,7 +108,8 @@ class ConfigView:
             where = ".".join(path) or "the top level"
             raise InvalidConfigError(
                 f"config has no model_type at {where} (found {model_type!r}); "
-                "pass a Hugging Face config.json, or name the family explicitly with family=NAME"
+                "pass a Hugging Face config.json, or name the family explicitly with ",
+                Param("family", placeholder="NAME")
             )
         return model_type
 

@@ -20,6 +20,7 @@ from ropekit.errors import (
     ArchitectureError,
     CompoundingError,
     InvalidRequestError,
+    Param,
     RopekitError,
     UnstableFactorError,
     WindowMismatchError,
@@ -192,7 +193,7 @@ def plan_config(target: Any, request: LongContextConfig, *, registry: Registry |
 
     declared = request.original_max_position_embeddings
     if declared is not None and declared != native:
-        raise WindowMismatchError(_mismatch(declared, native, fam, existing))
+        raise WindowMismatchError(*_mismatch(declared, native, fam, existing))
 
     fac = policy.factors(request, existing, native)
     method_name, reason = choose_method(request, fac.total, fam)
@@ -215,7 +216,7 @@ def plan_config(target: Any, request: LongContextConfig, *, registry: Registry |
     if fac.total > method.stable_max_factor and not request.allow_unstable:
         raise UnstableFactorError(
             f"{method.name} x{fac.total:g} is beyond its stable band (<= x{method.stable_max_factor:g}); "
-            "lower the factor, choose another method, or pass allow_unstable=True (--allow-unstable)"
+            "lower the factor, choose another method, or pass ", Param("allow_unstable", True)
         )
     if method.name == "dynamic":
         warnings.append("dynamic NTK suits inference only; fine-tune with yarn or linear instead")
@@ -253,10 +254,10 @@ def _checked_refusal(view: ConfigView, registry: Registry, family: str | None, i
     return refusal
 
 
-def _mismatch(declared: int, native: int, fam: Family, existing: ShippedScaling | None) -> str:
+def _mismatch(declared: int, native: int, fam: Family, existing: ShippedScaling | None) -> tuple[Any, ...]:
     why = f" (it {existing.describe()})" if existing is not None else ""
     return (f"declared original window {declared} differs from the native window {native} of this "
-            f"{fam.name} model{why}; drop original_max_position_embeddings (--original-max) or set it to {native}")
+            f"{fam.name} model{why}; drop ", Param("original_max_position_embeddings"), f" or set it to {native}")
 
 
 def _site_changes(view: ConfigView, fam: Family, sites: list[RopeSite], method: ScalingMethod,

@@ -13,7 +13,7 @@ from pydantic import (
     model_validator,
 )
 
-from ropekit.errors import InvalidRequestError
+from ropekit.errors import InvalidRequestError, Param
 
 OnExisting = Literal["refuse", "compound", "replace"]
 
@@ -44,7 +44,7 @@ class LongContextConfig(BaseModel):
         try:
             super().__init__(**data)
         except ValidationError as exc:
-            raise InvalidRequestError(_one_line(exc)) from None
+            raise InvalidRequestError(*_message(exc)) from None
 
     @field_validator("method", mode="before")
     @classmethod
@@ -77,22 +77,31 @@ class LongContextConfig(BaseModel):
     @model_validator(mode="after")
     def _consistent(self) -> "LongContextConfig":
         if (self.factor is None) == (self.target_context is None):
-            raise ValueError("give exactly one of factor or target_context")
+            raise _Invalid("give exactly one of ", Param("factor"), " or ", Param("target_context"))
         if self.beta_fast <= self.beta_slow:
-            raise ValueError(
-                f"beta_fast ({self.beta_fast:g}) must exceed beta_slow ({self.beta_slow:g}); "
-                "YaRN's defaults are 32 and 1"
-            )
+            raise _Invalid(Param("beta_fast"), f" ({self.beta_fast:g}) must exceed ", Param("beta_slow"),
+                           f" ({self.beta_slow:g}); YaRN's defaults are 32 and 1")
         return self
 
 
-def _one_line(exc: ValidationError) -> str:
+class _Invalid(ValueError):
+    """A validation message that names parameters (kept whole through pydantic's error)."""
+
+    def __init__(self, *parts: Any) -> None:
+        self.parts = parts
+        super().__init__("".join(str(part) for part in parts))
+
+
+def _message(exc: ValidationError) -> tuple[Any, ...]:
+    """The first validation error as message parts, with the field named as a :class:`Param`."""
     err = exc.errors()[0]
     loc = ".".join(str(part) for part in err.get("loc", ())) or "request"
     msg = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
+    cause = (err.get("ctx") or {}).get("error")
     if err.get("type") == "extra_forbidden":
         fields = ", ".join(LongContextConfig.model_fields)
-        return f"unknown option {loc!r}; LongContextConfig takes {fields}"
+        return (f"unknown option {loc!r}; LongContextConfig takes {fields}",)
     if loc == "request" or err.get("type") == "value_error" and not err.get("loc"):
-        return f"invalid request: {msg}"
-    return f"invalid {loc} {err.get('input')!r}: {msg}"
+        return ("invalid request: ", *(cause.parts if isinstance(cause, _Invalid) else (msg,)))
+    name = Param(loc) if loc in LongContextConfig.model_fields else loc
+    return ("invalid ", name, f" {err.get('input')!r}: {msg}")

@@ -23,7 +23,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from ropekit.errors import CompoundingError, InvalidRequestError
+from ropekit.errors import CompoundingError, InvalidRequestError, Param
 from ropekit.registry.family import Family, ShippedScaling
 from ropekit.scaling.long_context import LongContextConfig
 from ropekit.scaling.methods import ScalingMethod, closed_form, new_window
@@ -76,7 +76,7 @@ def factors(request: LongContextConfig, existing: ShippedScaling | None, native:
     have = existing.window if existing else native
     if target <= have:
         raise InvalidRequestError(
-            f"target_context {target} is not beyond the model's window {have}; "
+            Param("target_context", target), f" is not beyond the model's window {have}; "
             "ask for a longer target or leave the model as it is")
     total = target / base
     return Factors(total, total / shipped_factor, base)

@@ -4,16 +4,23 @@ Reads the language tower (``text_config`` and its relatives for VLMs): layers,
 heads, grouped KV heads, head size, MLP width and gating, MoE experts (shared
 ones included), DeepSeek's multi-head latent attention (MLA), tied embeddings,
 and which layers attend through a sliding window. Values a config.json leaves
-implicit are taken from the installed transformers' config class for that
-model_type (its defaults and derived fields such as ``layer_types``), and the
-result says which ones.
+implicit are taken from transformers' config class for that model_type (its
+defaults and derived fields such as ``head_dim``), and the result says which ones.
+The defaults come from a table captured from transformers
+(``config_defaults.json``, made by ``scripts/capture_config_defaults.py``), so that
+reading a config stays arithmetic and never imports transformers and torch; only a
+model_type the table lacks, or a derived value it cannot compute, asks the
+installed transformers.
 """
 
 from __future__ import annotations
 
+import functools
+import json
 import logging
 import warnings
 from dataclasses import dataclass, field
+from importlib import resources
 from typing import Any
 
 from ropekit.errors import InvalidConfigError
@@ -104,7 +111,7 @@ def read_architecture(config: dict[str, Any]) -> Architecture:
     text, path = _text_config(config)
     model_type = str(text.get("model_type") or config.get("model_type") or "")
     vision = next((key for key in VISION_KEYS if isinstance(config.get(key), dict)), None)
-    known, filled, source = _with_transformers_defaults(model_type, text)
+    known, filled, source = _with_defaults(model_type, text)
     where = ".".join(path) + "." if path else ""
     notes: list[str] = []
 
@@ -177,6 +184,46 @@ def _text_config(config: dict[str, Any]) -> tuple[dict[str, Any], tuple[str, ...
     if isinstance(thinker, dict) and isinstance(thinker.get("text_config"), dict):
         return thinker["text_config"], ("thinker_config", "text_config")
     return config, ()
+
+
+#: keys that name the same value across transformers versions (one in the config is enough)
+_ALIASES = {"num_local_experts": ("num_experts",), "num_experts": ("num_local_experts",)}
+#: derived defaults this module computes as transformers does (others ask transformers)
+_DERIVED_HERE = frozenset({"head_dim", "num_key_value_heads", "layer_types"})
+
+
+@functools.lru_cache(maxsize=1)
+def _defaults_table() -> dict[str, Any]:
+    return json.loads(resources.files("ropekit.training").joinpath("config_defaults.json").read_text())
+
+
+def _with_defaults(model_type: str, text: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], str | None]:
+    """The config with values it omits filled from transformers' defaults for ``model_type``, and which ones.
+
+    ``head_dim`` and ``num_key_value_heads`` follow ``hidden_size / num_attention_heads`` and
+    ``num_attention_heads`` where the class derives them; ``layer_types`` is left to
+    :func:`_layer_windows`, which reads the sliding-window keys the way transformers derives it.
+    """
+    table = _defaults_table()
+    entry = table["model_types"].get(model_type)
+    missing_derived = set(entry["derived"]) - set(text) if entry else set()
+    if entry is None or missing_derived - _DERIVED_HERE:
+        return _with_transformers_defaults(model_type, text)
+    filled = {k: v for k, v in entry["defaults"].items()
+              if k not in text and not any(alias in text for alias in _ALIASES.get(k, ()))}
+    known = {**filled, **text}
+    heads, hidden = known.get("num_attention_heads"), known.get("hidden_size")
+    if "num_key_value_heads" in missing_derived and heads:
+        filled["num_key_value_heads"] = known["num_key_value_heads"] = heads
+    if "head_dim" in missing_derived and heads and hidden and isinstance(heads, int) and isinstance(hidden, int):
+        filled["head_dim"] = known["head_dim"] = hidden // heads
+    layers, period = known.get("num_hidden_layers"), entry.get("layer_types_period")
+    if ("layer_types" in missing_derived and period and isinstance(layers, int)
+            and "sliding_window_pattern" not in text):
+        filled["layer_types"] = known["layer_types"] = [period[i % len(period)] for i in range(layers)]
+    if not filled:
+        return known, {}, None
+    return known, filled, f"transformers {table['transformers']} {model_type} config defaults"
 
 
 def _with_transformers_defaults(model_type: str, text: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any],
