@@ -8,6 +8,11 @@
 2. `ropekit audit` over 1,000 configs (copies of the fixtures) in one process.
 3. The landing check on 7B-shaped configs without weights (rotary modules built from the
    config, everything else on the meta device), in process and as a cold `ropekit verify --landing`.
+4. Light commands, cold, interleaved with `ropekit plan`: `ropekit memory` (arithmetic on a
+   config) and input and argument errors of several commands, which must answer before any heavy
+   import; each is held to `plan`'s cold-start target.
+
+    python bench/run.py --only light,plan   # re-measure some parts, keep the others from results.json
 """
 
 from __future__ import annotations
@@ -96,6 +101,44 @@ def bench_landing(reps: int) -> dict:
     return out
 
 
+PLAN_TARGET_S = 0.3  # `ropekit plan` cold start; light commands are held to the same target
+
+LIGHT_COMMANDS = {
+    "memory (catalog id, --gpu H100)": ["memory", "Qwen/Qwen2.5-7B-Instruct", "--context", "131072", "--gpu", "H100"],
+    "memory, all GPUs, --json": ["memory", str(PLAN_TARGET), "--context", "32768", "--json"],
+    "plan: missing folder (exit 4)": ["plan", "./no-such-model", "--factor", "4"],
+    "plan: --factor 0.5 (exit 2)": ["plan", str(PLAN_TARGET), "--factor", "0.5"],
+    "verify --landing: missing folder (exit 4)": ["verify", "./no-such-folder", "--landing"],
+    "export: missing folder (exit 4)": ["export", "./no-such-folder", "--engine", "vllm"],
+    "memory: --context 0 (exit 2)": ["memory", str(PLAN_TARGET), "--context", "0"],
+    "doctor: --target-context 0 (exit 2)": ["doctor", "--target-context", "0"],
+}
+
+
+def timed_any(cmd: list[str]) -> float:
+    """Like :func:`timed`, for commands that are meant to fail."""
+    start = time.perf_counter()
+    subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=LIGHT_ENV)
+    return time.perf_counter() - start
+
+
+LIGHT_ENV = {**ENV, "HF_HUB_OFFLINE": "1"}
+
+
+def bench_light(reps: int) -> dict:
+    plan_cmd = [str(SCRIPT), "plan", str(PLAN_TARGET), "--factor", "4", "--method", "yarn", "--json"]
+    commands = {name: [str(SCRIPT), *args] for name, args in LIGHT_COMMANDS.items()}
+    for cmd in [plan_cmd, *commands.values()]:
+        timed_any(cmd)  # warm the page cache
+    samples: dict[str, list[float]] = {name: [] for name in ["plan", *commands]}
+    for _ in range(reps):  # interleaved with plan, so all see the same machine state
+        samples["plan"].append(timed_any(plan_cmd))
+        for name, cmd in commands.items():
+            samples[name].append(timed_any(cmd))
+    return {"reps": reps, "target_s": PLAN_TARGET_S,
+            "median_s": {name: statistics.median(times) for name, times in samples.items()}}
+
+
 def markdown(results: dict) -> str:
     plan, audit, landing = results["plan"], results["audit"], results["landing"]
     worst = max(v["in_process_median_s"] for v in landing.values())
@@ -113,6 +156,16 @@ def markdown(results: dict) -> str:
         f"| cold `ropekit verify DIR --landing` (a new process: imports torch and transformers) | "
         f"{max(v['cold_process_s'] for v in landing.values()):.1f} s | (informational) | - |",
     ]
+    light = results.get("light")
+    if light:
+        medians = light["median_s"]
+        rows.append(f"| `ropekit plan` cold, same run as the rows below (median of {light['reps']}) | "
+                    f"{medians['plan']:.3f} s | <= {light['target_s']} s | "
+                    f"{'yes' if medians['plan'] <= light['target_s'] else 'no'} |")
+        for name, value in medians.items():
+            if name != "plan":
+                rows.append(f"| cold `ropekit {name}` | {value:.3f} s ({value / medians['plan']:.2f}x plan) | "
+                            f"<= {light['target_s']} s | {'yes' if value <= light['target_s'] else 'no'} |")
     return "\n".join(rows)
 
 
@@ -120,14 +173,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repetitions")
     parser.add_argument("--table", action="store_true", help="print the table of the last results.json")
+    parser.add_argument("--only", metavar="PARTS", help="comma-separated parts to re-measure (plan, audit, "
+                        "landing, light); the others are kept from results.json")
     args = parser.parse_args()
     if args.table:
         print(markdown(json.loads((ROOT / "bench" / "results.json").read_text())))
         return
     reps = 5 if args.quick else 15
-    results = {"machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
-                           "platform": platform.platform()},
-               "plan": bench_plan(reps), "audit": bench_audit(1000), "landing": bench_landing(reps)}
+    parts = {"plan": lambda: bench_plan(reps), "audit": lambda: bench_audit(1000),
+             "landing": lambda: bench_landing(reps), "light": lambda: bench_light(reps)}
+    chosen = args.only.split(",") if args.only else list(parts)
+    unknown = set(chosen) - set(parts)
+    if unknown:
+        parser.error(f"unknown part(s) {', '.join(sorted(unknown))}; choose from {', '.join(parts)}")
+    previous = json.loads((ROOT / "bench" / "results.json").read_text()) if args.only else {}
+    results = {**previous, "machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
+                                       "platform": platform.platform()}}
+    results.update({name: parts[name]() for name in chosen})
     (ROOT / "bench" / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     print(markdown(results))
 

@@ -12,9 +12,12 @@ from ropekit.scaling.engine import Plan, apply_config, plan_config
 from ropekit.scaling.long_context import LongContextConfig
 
 
-def resolve(ref: str | Path, revision: str | None = None) -> ResolvedConfig:
-    """Resolve a local folder, config.json, or Hub id to a config read as data."""
-    return hub.resolve(ref, revision=revision)
+def resolve(ref: str | Path, revision: str | None = None, *, lineage: bool = True) -> ResolvedConfig:
+    """Resolve a local folder, config.json, or Hub id to a config read as data.
+
+    :param lineage: follow the model card's ``base_model`` (up to three hops) for inherited scaling.
+    """
+    return hub.resolve(ref, revision=revision, lineage=lineage)
 
 
 def plan(target: Any, request: LongContextConfig, *, family: str | None = None,

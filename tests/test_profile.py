@@ -220,7 +220,7 @@ def test_profile_command_on_any_local_model_folder(tmp_path, capsys):
     (["--methods", "none,bogus"], 2, "unknown method 'bogus'"),
     (["--factors", "1,2"], 2, "must be numbers above 1"),
     (["--factors", "two"], 2, "comma-separated list"),
-    (["--beta-fast", "1", "--beta-slow", "2"], 2, "beta_fast"),
+    (["--beta-fast", "1", "--beta-slow", "2"], 2, "--beta-fast"),
     (["--finetune-steps", "5", "--finetune-method", "none"], 2, "scales nothing"),
     (["--tokens-per-cell", "0"], 2, "must be positive"),
     (["--device", "gpu"], 2, "not a torch device"),

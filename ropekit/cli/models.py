@@ -17,6 +17,7 @@ import click
 from ropekit import files
 from ropekit.api import resolve
 from ropekit.cli import emit_json, progress, render
+from ropekit.constants import RECEIPT_FILENAME
 from ropekit.errors import ArchitectureError, PolicyError, RopekitError, VerificationError
 from ropekit.hub.resolve import ResolvedConfig
 from ropekit.registry import families as registry_families
@@ -182,7 +183,7 @@ def inspect_command(model: str, family: str | None, revision: str | None, as_jso
 
     \b
     Example:
-      ropekit inspect fixtures/meta-llama__Llama-3.1-8B-Instruct
+      ropekit inspect meta-llama/Llama-3.1-8B-Instruct
       ropekit inspect Qwen/Qwen2.5-7B-Instruct --json
     """
     resolved = resolve(model, revision=revision)
@@ -220,7 +221,7 @@ def plan_command(model: str, request: LongContextConfig, family: str | None, rev
 
     \b
     Example:
-      ropekit plan fixtures/Qwen__Qwen2.5-7B-Instruct --factor 4 --method yarn
+      ropekit plan Qwen/Qwen2.5-7B-Instruct --factor 4 --method yarn
       ropekit plan meta-llama/Llama-3.1-8B-Instruct --factor 2 --on-existing compound
     """
     resolved = resolve(model, revision=revision)
@@ -253,7 +254,7 @@ def patch_command(model: str, request: LongContextConfig, out: Path | None, in_p
 
     \b
     Example:
-      ropekit patch fixtures/Qwen__Qwen2.5-7B-Instruct --factor 4 --method yarn --out qwen-128k
+      ropekit patch Qwen/Qwen2.5-7B-Instruct --factor 4 --method yarn --out qwen-128k
       ropekit patch ./my-llama --factor 2 --method linear --in-place
     """
     if (out is None) == (not in_place):
@@ -375,14 +376,14 @@ def audit_row(label: str, ref: str, request: LongContextConfig) -> dict[str, Any
     row: dict[str, Any] = {"model": label, "source": None, "family": None, "native_window": None,
                            "shipped": None, "effective_window": None, "extension": None,
                            "shipped_scaling": None, "long_context": None, "refused": None, "refused_kind": None,
-                           "traps": [], "error": None}
+                           "traps": [], "ropekit_receipt": None, "error": None}
     try:
         resolved = resolve(ref)
         row["source"] = resolved.source
         facts = model_facts(resolved.config, inherited=resolved.inherited)
         row.update(family=facts["family"], native_window=facts["native_window"], shipped=facts["shipped"],
                    shipped_scaling=facts["shipped_scaling"], effective_window=facts["effective_window"],
-                   traps=facts["traps"])
+                   traps=facts["traps"], ropekit_receipt=receipt_status(resolved))
     except ArchitectureError as exc:  # the architecture cannot carry scaling at all: a refusal, not an error
         row.update(family=exc.family, refused=str(exc), refused_kind=type(exc).__name__,
                    extension=f"refused: {exc}")
@@ -406,6 +407,20 @@ def audit_row(label: str, ref: str, request: LongContextConfig) -> dict[str, Any
     return row
 
 
+def receipt_status(resolved: ResolvedConfig) -> str | None:
+    """For a local folder ropekit patched: ``valid``, or ``invalid: WHY``; None when it has no receipt."""
+    if resolved.source != "local" or resolved.path is None:
+        return None
+    folder = resolved.path.parent
+    if not (folder / RECEIPT_FILENAME).is_file():
+        return None
+    try:
+        files.verify_folder(folder)
+    except RopekitError as exc:
+        return f"invalid: {render.first_clause(str(exc))}"
+    return "valid"
+
+
 def audit_cells(row: dict[str, Any], factor: float) -> list[Any]:
     """A row as the human table shows it (messages cut to their first clause)."""
     if row["long_context"]:
@@ -418,6 +433,10 @@ def audit_cells(row: dict[str, Any], factor: float) -> list[Any]:
     else:
         outcome = f"error: {render.first_clause(row['error'])}"
     shipped = row["shipped"].removeprefix("ships ") if row["shipped"] else ("none" if row["native_window"] else None)
+    if row["ropekit_receipt"] == "valid":
+        shipped = f"{shipped} (patched by ropekit, receipt valid)"
+    elif row["ropekit_receipt"]:
+        shipped = f"{shipped} (ropekit receipt {row['ropekit_receipt']})"
     return [row["model"], row["family"], row["native_window"], shipped, row["effective_window"], outcome]
 
 
@@ -435,7 +454,7 @@ def audit_command(models: tuple[str, ...], factor: float, method: str, on_existi
 
     \b
     Example:
-      ropekit audit fixtures/
+      ropekit audit ./models meta-llama/Llama-3.1-8B-Instruct
       ropekit audit ~/models Qwen/Qwen3-8B --factor 2 --json
     """
     request = LongContextConfig(method=method, factor=factor, on_existing=on_existing)

@@ -14,7 +14,8 @@ from typing import Any
 import click
 
 from ropekit.cli import emit_json, render
-from ropekit.errors import AttentionBackendError
+from ropekit.cli.models import describe_source
+from ropekit.errors import AttentionBackendError, RopekitError
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
 
@@ -25,14 +26,6 @@ def _gib(value: float) -> str:
 
 def _billions(value: int) -> str:
     return f"{value / 1e9:,.3f} B"
-
-
-def _source(resolved: Any) -> str:
-    if resolved.source == "catalog":
-        return f"bundled catalog copy of {resolved.model_id} (not the live Hub config)"
-    if resolved.source == "local":
-        return f"local file {resolved.path}"
-    return f"{resolved.source}: {resolved.model_id}" + (f" @ {resolved.revision}" if resolved.revision else "")
 
 
 # --- doctor ---------------------------------------------------------------------------------
@@ -105,7 +98,7 @@ def memory_command(model: str, context: int, weights: str | None, kv: str, gpu: 
     \b
     Example:
       ropekit memory Qwen/Qwen2.5-7B-Instruct --context 131072 --gpu H100
-      ropekit memory fixtures/meta-llama__Llama-2-7b-hf --context 16384 --mode train --gpu-memory-gib 80
+      ropekit memory meta-llama/Llama-3.1-8B-Instruct --context 16384 --mode train --gpu-memory-gib 80
       ropekit memory Qwen/Qwen2.5-7B --context 524288 --mode train --gpus 8 --gpu-type H100 --launch-dir launch
     """
     from ropekit.errors import InvalidRequestError
@@ -126,9 +119,13 @@ def memory_command(model: str, context: int, weights: str | None, kv: str, gpu: 
         if launch_dir is not None:
             written = write_launch_files(parallel, launch_dir)
     table_gpus = [] if plan.gpu_memory_gib is not None else list(GPUS)
+    window = _rope_window(resolved)
+    longest = max([plan.max_context()] if plan.gpu_memory_gib is not None
+                  else [plan.max_context(g.memory_gib) for g in table_gpus])
+    window_notes = _window_notes(model, plan.context, longest, window)
     if as_json:
-        out = {"model": {"id": resolved.model_id, "source": resolved.source, "description": _source(resolved)},
-               **plan.to_json()}
+        out = {"model": {"id": resolved.model_id, "source": resolved.source, "description": describe_source(resolved)},
+               **plan.to_json(), "rope_window": window, "rope_window_notes": window_notes}
         if parallel is not None:
             out["parallel"] = {**parallel.to_json(), "launch_files": [str(p) for p in written]}
         if table_gpus:
@@ -139,7 +136,7 @@ def memory_command(model: str, context: int, weights: str | None, kv: str, gpu: 
         return
     con = render.console()
     arch, params = plan.arch, plan.params
-    con.print(f"source: {_source(resolved)}")
+    con.print(f"source: {describe_source(resolved)}")
     kind = "MoE" if arch.moe else "dense"
     if arch.mla:
         kind += ", MLA"
@@ -170,7 +167,7 @@ def memory_command(model: str, context: int, weights: str | None, kv: str, gpu: 
                  f"{plan.max_context(g.memory_gib):,}") for g in table_gpus]
         con.print(render.table(("GPU", "GiB", f"fits {plan.context:,}", "longest context"), rows,
                                title=f"per GPU ({USABLE_FRACTION:.0%} usable)"))
-    for note in plan.notes:
+    for note in [*window_notes, *plan.notes]:
         con.print(f"note: {note}")
     for line in plan.to_json()["assumptions"]:
         con.print(f"assumes: {line}")
@@ -203,6 +200,33 @@ def _print_parallel(con: Any, parallel: Any, written: list[Path]) -> None:
         con.print(f"or:     {launch_command(folder / ULYSSES_ACCELERATE_FILE)}")
     else:
         con.print("write the launch files with --launch-dir DIR")
+
+
+def _rope_window(resolved: Any) -> int | None:
+    """The window the model's rope settings carry (shipped scaling included); None when unknown."""
+    from ropekit.registry import get_registry
+    from ropekit.scaling.config_view import ConfigView
+    from ropekit.scaling.engine import locate
+
+    try:
+        located = locate(ConfigView(resolved.config), get_registry(), inherited=resolved.inherited)
+    except RopekitError:
+        return None
+    return located.existing.window if located.existing else located.native_window
+
+
+def _window_notes(model: str, context: int, longest: int, window: int | None) -> list[str]:
+    """Memory is not the only limit: say when a context goes beyond what the rope settings carry."""
+    if window is None:
+        return []
+    notes = []
+    if context > window:
+        notes.append(f"context {context:,} is beyond the {window:,} tokens the model's rope settings carry; "
+                     f"extend them first: ropekit plan {model} --target-context {context}")
+    elif longest > window:
+        notes.append(f"memory allows up to {longest:,} tokens, but the model's rope settings carry {window:,}; "
+                     f"longer contexts need RoPE scaling (ropekit plan {model} --target-context N)")
+    return notes
 
 
 # --- check-pack -----------------------------------------------------------------------------
@@ -250,7 +274,7 @@ def check_pack_command(file: Path, target_context: int, original_max: int | None
 
 @click.command("export")
 @click.argument("folder", type=click.Path(path_type=Path))
-@click.option("--engine", type=click.Choice(["vllm", "sglang", "llama.cpp", "tgi"]), required=True,
+@click.option("--engine", type=click.Choice(["vllm", "sglang", "llama.cpp", "tgi"], case_sensitive=False), required=True,
               help="The serving engine.")
 @json_option
 def export_command(folder: Path, engine: str, as_json: bool) -> None:

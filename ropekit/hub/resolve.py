@@ -171,8 +171,8 @@ def fetch_file(repo_id: str, filename: str, revision: str | None = None) -> Path
             f"{repo_id} and set HF_TOKEN to a token of an account with access") from None
     except hf_errors.RepositoryNotFoundError:
         raise HubUnavailableError(
-            f"Hub repo {repo_id!r} does not exist or is private; check the id, or set HF_TOKEN to a "
-            "token with access") from None
+            f"Hub repo {repo_id!r} does not exist or is private; check the id{did_you_mean(repo_id)}, or set "
+            "HF_TOKEN to a token with access") from None
     except hf_errors.RevisionNotFoundError:
         raise ResolutionError(
             f"revision {revision!r} does not exist in Hub repo {repo_id!r}; pass an existing branch, "
@@ -214,6 +214,20 @@ def _cache_miss(cache: Path, repo_id: str, filename: str, revision: str | None, 
     return f"{missing} and the Hub could not be reached; check the network or HF_ENDPOINT, or pass a local folder"
 
 
+def did_you_mean(repo_id: str) -> str:
+    """`` (did you mean 'ORG/NAME'?)`` for a near miss among the catalog's and the HF cache's ids, else ``""``."""
+    import difflib
+
+    known = {entry.model_id for entry in catalog.entries()}
+    cache = hub_cache_dir()
+    if cache.is_dir():
+        known |= {"/".join(d.name.split("--")[1:3]) for d in cache.iterdir()
+                  if d.name.startswith("models--") and d.name.count("--") == 2}
+    by_lower = {k.lower(): k for k in known if k.lower() != repo_id.lower()}
+    close = difflib.get_close_matches(repo_id.lower(), list(by_lower), n=1, cutoff=0.85)
+    return f" (did you mean {by_lower[close[0]]!r}?)" if close else ""
+
+
 def _commit_of(snapshot_file: Path) -> str | None:
     """The commit sha in a cache path ``.../snapshots/<commit>/<file>``."""
     commit = snapshot_file.parent
@@ -228,6 +242,9 @@ def resolve_hub_id(repo_id: str, revision: str | None = None) -> ResolvedConfig:
     except HubUnavailableError as exc:
         entry = catalog.lookup(repo_id)
         if entry is None:
+            hint = did_you_mean(repo_id)
+            if hint:
+                raise HubUnavailableError(f"{exc}{hint}") from None
             raise
         if revision is not None:
             raise ResolutionError(f"{exc} (the bundled catalog holds {entry.model_id} unpinned: drop "
