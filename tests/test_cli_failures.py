@@ -145,7 +145,7 @@ def test_family_hint_names_the_flag(run, tmp_path):
     config["model_type"] = "llama_sft"
     (tmp_path / "m" / "config.json").write_text(json.dumps(config))
     code, _, err = run("plan", str(tmp_path / "m"), "--factor", "2")
-    assert code == 4 and "pass --family NAME to use an existing one" in err and "family=NAME" not in err
+    assert code == 4 and "pass --family NAME" in err and "family=NAME" not in err
     code, _, _ = run("plan", str(tmp_path / "m"), "--factor", "2", "--family", "llama")
     assert code == 0
 

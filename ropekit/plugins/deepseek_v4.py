@@ -23,7 +23,7 @@ from __future__ import annotations
 from types import MappingProxyType
 from typing import Any
 
-from ropekit.errors import UnsupportedMethodError
+from ropekit.errors import Param, UnsupportedMethodError
 from ropekit.plugins.generic import GenericFamily
 from ropekit.registry.hookspecs import hookimpl
 from ropekit.scaling.config_view import ConfigView, RopeSite, positive_float, positive_int
@@ -57,8 +57,8 @@ class DeepSeekV4Family(GenericFamily):
             raise UnsupportedMethodError(
                 f"deepseek_v4 models cannot carry {method!r} scaling: V4 scales only its compress rope, "
                 "with the yarn it ships (its config class forces yarn's attention_factor there, and a 4.x "
-                "file keeps that rope's base outside any rope dict); use method='yarn' with "
-                "on_existing='compound'")
+                "file keeps that rope's base outside any rope dict); use ", Param("method", "yarn"), " with ",
+                Param("on_existing", "compound"))
 
     def rope(self, view: ConfigView, site: RopeSite) -> dict[str, Any]:
         rope = super().rope(view, site)

@@ -42,7 +42,7 @@ from types import MappingProxyType
 from typing import Any, ClassVar, Mapping
 
 from ropekit.constants import dist_version
-from ropekit.errors import UnknownFamilyError, UnsupportedMethodError
+from ropekit.errors import Param, UnknownFamilyError, UnsupportedMethodError
 from ropekit.registry.family import MLA_TEMPERATURE_KEYS, Family, FamilyLookup
 from ropekit.registry.hookspecs import hookimpl
 from ropekit.scaling.config_view import PARAMETERS, ConfigView, RopeSite, positive_int
@@ -122,7 +122,8 @@ class GenericFamily(Family):
                 raise UnknownFamilyError(
                     f"no family handles model_type {model_type!r} and the installed transformers does not know "
                     "it either; upgrade transformers, install or write a family plugin (see 'Writing a family "
-                    "plugin' in the README; 'ropekit plugins' lists the families), or pass family=NAME")
+                    "plugin' in the README; 'ropekit plugins' lists the families), or pass ",
+                    Param("family", placeholder="NAME"))
             entry = {"text": [], "defaults": {}, "rope": None, "language_model": language}
         adapted.entry = MappingProxyType(dict(entry))
         defaults = dict(entry.get("defaults") or {})

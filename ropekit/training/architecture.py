@@ -188,6 +188,8 @@ def _text_config(config: dict[str, Any]) -> tuple[dict[str, Any], tuple[str, ...
 
 #: keys that name the same value across transformers versions (one in the config is enough)
 _ALIASES = {"num_local_experts": ("num_experts",), "num_experts": ("num_local_experts",)}
+#: the keys the arithmetic cannot do without
+_ARITHMETIC_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
 #: derived defaults this module computes as transformers does (others ask transformers)
 _DERIVED_HERE = frozenset({"head_dim", "num_key_value_heads", "layer_types"})
 
@@ -206,8 +208,15 @@ def _with_defaults(model_type: str, text: dict[str, Any]) -> tuple[dict[str, Any
     """
     table = _defaults_table()
     entry = table["model_types"].get(model_type)
-    missing_derived = set(entry["derived"]) - set(text) if entry else set()
-    if entry is None or missing_derived - _DERIVED_HERE:
+    if entry is None:
+        if all(key in text for key in _ARITHMETIC_KEYS):  # nothing to fill: read the file as it is
+            return dict(text), {}, None
+        return _with_transformers_defaults(model_type, text)
+    missing_derived = set(entry["derived"]) - set(text)
+    here = set(_DERIVED_HERE)
+    if not entry.get("layer_types_period") and "use_sliding_window" not in entry["defaults"]:
+        here.discard("layer_types")  # derived from keys of its own: only the config class knows how
+    if missing_derived - here:
         return _with_transformers_defaults(model_type, text)
     filled = {k: v for k, v in entry["defaults"].items()
               if k not in text and not any(alias in text for alias in _ALIASES.get(k, ()))}
@@ -282,7 +291,10 @@ def _moe(known: dict[str, Any], layers: int) -> MoE | None:
     shared_gate = False
     if known.get("shared_expert_intermediate_size"):  # Qwen2-MoE: one shared expert with a gate
         shared, shared_gate = int(known["shared_expert_intermediate_size"]), True
-    if "first_k_dense_replace" in known or "moe_layer_freq" in known:  # DeepSeek
+    if isinstance(known.get("moe_layer_freq"), list):  # MiMo-V2: one 0/1 flag per layer
+        flags = known["moe_layer_freq"]
+        sparse = tuple(bool(flags[i]) if i < len(flags) else False for i in range(layers))
+    elif "first_k_dense_replace" in known or "moe_layer_freq" in known:  # DeepSeek
         first = int(known.get("first_k_dense_replace") or 0)
         freq = int(known.get("moe_layer_freq") or 1)
         sparse = tuple(i >= first and i % freq == 0 for i in range(layers))
