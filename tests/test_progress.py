@@ -63,3 +63,12 @@ def test_cli_verify_landing_shows_progress_on_a_terminal(tmp_path, capsys, monke
     shown = terminal.getvalue()
     assert "verify --landing: importing torch and transformers" in shown
     assert "verify --landing: checking rotary module 1/1" in shown and shown.endswith("\r\x1b[2K")
+
+
+def test_doctor_says_what_it_waits_for_on_a_terminal(capsys, monkeypatch):
+    terminal = Terminal()
+    monkeypatch.setattr("sys.stderr", terminal)
+    assert main(["doctor", "--json"]) == 0
+    assert "device" in capsys.readouterr().out
+    shown = terminal.getvalue()
+    assert "doctor: importing torch to read the GPU" in shown and shown.endswith("\r\x1b[2K")

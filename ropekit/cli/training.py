@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from ropekit.cli import emit_json, render
+from ropekit.cli import emit_json, progress, render
 from ropekit.cli.models import describe_source
 from ropekit.errors import AttentionBackendError, RopekitError
 
@@ -46,7 +46,9 @@ def doctor_command(target_context: int | None, as_json: bool) -> None:
     """
     from ropekit.training.attention import choose_attention_backend
 
-    choice = choose_attention_backend(target_context)
+    with progress.status("doctor") as report:
+        report("importing torch to read the GPU")
+        choice = choose_attention_backend(target_context)
     if as_json:
         emit_json(choice.to_json())
     else:
