@@ -57,6 +57,7 @@ FAILURES: dict[str, tuple[list[str], int, str]] = {
     "check-pack": (["check-pack", "no-such-pack.jsonl", "--target-context", "8192"], 4, "ResolutionError"),
     "export": (["export", "no-such-folder", "--engine", "vllm"], 4, "ResolutionError"),
     "profile": (["profile", "--factors", "two"], 2, "BadParameter"),
+    "convert-gguf": (["convert-gguf", "no-such-model.gguf"], 2, "MissingParameter"),
 }
 
 
