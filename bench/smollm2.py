@@ -184,24 +184,30 @@ def span_ppl(cell: dict[str, Any], lo: int, hi: int) -> float:
     return math.exp(total / count) if count else float("nan")
 
 
+def cpu(record: dict[str, Any]) -> str:
+    """CPU seconds of a cell or trial (all threads; recorded since wall time depends on the machine's load)."""
+    return f"{record['cpu_seconds']:.0f}" if "cpu_seconds" in record else "-"
+
+
 def markdown(results: Path, steps: dict[str, Any], window: int = 8192) -> str:
     """The README tables from the results file."""
     records = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
     cells = [r for r in records if r.get("record") == "cell"]
     names = max((list(c["buckets"]) for c in cells), key=len, default=[])
     names.sort(key=lambda name: int(name.split("-")[0]))
-    lines = ["| method | length | ppl | first 8192 | past 8192 | " + " | ".join(names) + " | wall s | peak RSS MiB |",
-             "|---|---:|---:|---:|---:|" + "---:|" * len(names) + "---:|---:|"] if cells else []
+    lines = ["| method | length | ppl | first 8192 | past 8192 | " + " | ".join(names) + " | wall s | CPU s | peak RSS MiB |",
+             "|---|---:|---:|---:|---:|" + "---:|" * len(names) + "---:|---:|---:|"] if cells else []
     for c in cells:
         buckets = [f"{c['buckets'][b]:.1f}" if b in c["buckets"] else "" for b in names]
         past = f"{span_ppl(c, window, c['length']):.1f}" if c["length"] > window else ""
         lines.append(f"| {c['method']} | {c['length']} | {c['ppl']:.2f} | {span_ppl(c, 0, window):.1f} | {past} | "
-                     + " | ".join(buckets) + f" | {c['seconds']:.0f} | {c['peak_rss_mib']:.0f} |")
+                     + " | ".join(buckets) + f" | {c['seconds']:.0f} | {cpu(c)} | {c['peak_rss_mib']:.0f} |")
     trials = [r for r in records if r.get("record") == "passkey"]
     if trials:
-        lines += ["", "| method | length | depth | key | answer | found | wall s |", "|---|---:|---:|---:|---|---|---:|"]
+        lines += ["", "| method | length | depth | key | answer | found | wall s | CPU s |",
+                  "|---|---:|---:|---:|---|---|---:|---:|"]
         lines += [f"| {t['method']} | {t['length']} | {t['depth']:g} | {t['key']} | {t['answer'] or '-'} | "
-                  f"{'yes' if t['found'] else 'no'} | {t['seconds']:.0f} |" for t in trials]
+                  f"{'yes' if t['found'] else 'no'} | {t['seconds']:.0f} | {cpu(t)} |" for t in trials]
     lines += ["", "| step (its own process) | wall s | peak RSS MiB |", "|---|---:|---:|"]
     lines += [f"| {name} | {s['seconds']:.0f} | {s['peak_rss_mib']:.0f} |" for name, s in steps.items()]
     plain = next((s for name, s in steps.items() if name.startswith("plain forward") and "2048" not in name), None)

@@ -4,8 +4,8 @@ Runs the exhaustive check (ropekit.landing.coverage) over every decoder and
 vision-language model_type of the installed transformers and writes the result between
 the markers of that transformers version; run it once per supported version:
 
-    PYTHONPATH=$PWD /work/venv5/bin/python scripts/coverage_table.py
-    PYTHONPATH=$PWD /work/venv4/bin/python scripts/coverage_table.py
+    python scripts/coverage_table.py           # in an environment with transformers 5.x
+    .venv-t457/bin/python scripts/coverage_table.py   # and in one with 4.57
 
 tests/test_coverage.py checks that the committed text matches what the code says.
 """

@@ -165,7 +165,8 @@ def test_mimo_ntk_raises_the_full_attention_base_only():
 def test_deepseek_v4_scales_the_compress_rope_only():
     cfg = load_fixture("deepseek-ai__DeepSeek-V4-Flash")
     apply_rope_scaling(cfg, LongContextConfig(method="yarn", factor=2, on_existing="compound"))
-    assert cfg["rope_scaling"] == {"beta_fast": 32.0, "beta_slow": 1.0, "factor": 32.0,
+    # attention_factor 1.0 written out: transformers injects it only when it folds a flat rope_scaling
+    assert cfg["rope_scaling"] == {"attention_factor": 1.0, "beta_fast": 32.0, "beta_slow": 1.0, "factor": 32.0,
                                    "original_max_position_embeddings": 65536, "rope_type": "yarn"}
     assert (cfg["rope_theta"], cfg["compress_rope_theta"]) == (10000, 160000)  # main's base, compress's base
     assert cfg["max_position_embeddings"] == 32 * 65536

@@ -238,9 +238,15 @@ def test_memory_command_usage_and_input_errors(capsys, tmp_path):
 @pytest.mark.parametrize("name", FIXTURE_NAMES)
 def test_bundled_defaults_give_what_the_installed_transformers_gives(name, monkeypatch):
     """The captured defaults table and transformers' own config classes read every fixture alike."""
+    from transformers import CONFIG_MAPPING
+
     from ropekit.training import architecture
 
     config = load_fixture(name)
+    text, _ = architecture._text_config(config)
+    model_type = text.get("model_type") or config.get("model_type")
+    if model_type not in CONFIG_MAPPING:  # the table's answer (captured from a newer transformers) stands alone
+        pytest.skip(f"the installed transformers has no config class for {model_type!r}")
     try:
         from_table = read_architecture(config)
     except InvalidConfigError as exc:

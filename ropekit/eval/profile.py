@@ -119,7 +119,7 @@ def measure_cell(model: LoadedModel, method: str, factor: float, docs: list[Any]
                  betas: YarnBetas = YarnBetas(), progress: ProgressHook = no_progress,
                  bucket: int | None = None) -> dict[str, Any]:
     """One cell of the profile: perplexity overall and per position bucket."""
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     length = eval_length(model.window, factor)
     chunks = corpus.eval_chunks(docs, length, tokens)
     config = scaled_config(model, method, factor, betas)
@@ -132,7 +132,8 @@ def measure_cell(model: LoadedModel, method: str, factor: float, docs: list[Any]
     del built
     return {"method": method, "factor": float(factor), "length": length, "chunks": len(chunks),
             "tokens": len(chunks) * (length - 1), "batch": batch, "rope": rope_summary(config),
-            "seconds": round(time.perf_counter() - started, 2), "peak_rss_mib": peak_memory_mib(model.device),
+            "seconds": round(time.perf_counter() - started, 2),
+            "cpu_seconds": round(time.process_time() - cpu_started, 1), "peak_rss_mib": peak_memory_mib(model.device),
             **summarize(losses, model.window, bucket)}
 
 

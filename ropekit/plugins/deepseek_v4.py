@@ -41,6 +41,9 @@ class DeepSeekV4Family(GenericFamily):
     methods = ("yarn",)
     preserve_keys = GenericFamily.preserve_keys | {"attention_factor"}
     config_defaults = V4_DEFAULTS
+    # transformers injects it only when folding a flat rope_scaling; a nested compress dict
+    # without it would get yarn's temperature, which V4's reference never applies
+    pinned_rope_values = MappingProxyType({"yarn": MappingProxyType({"attention_factor": 1.0})})
     description = ("DeepSeek-V4: ropes labelled main/compress; ships yarn x16 from 65536 on compress "
                    "only (attention_factor 1.0); main is never scaled")
 

@@ -121,6 +121,10 @@ class Family:
     #: rope keys the attention softmax scale is derived from (MLA: :data:`MLA_TEMPERATURE_KEYS`);
     #: yarn keeps them, methods without an attention temperature remove them
     temperature_keys: ClassVar[frozenset[str]] = frozenset()
+    #: values a rope dict of a given rope type always carries in this family, written with the
+    #: patch when the file leaves them out (DeepSeek-V4: yarn's attention_factor 1.0, which its
+    #: config class injects only when it folds a flat rope_scaling)
+    pinned_rope_values: ClassVar[Mapping[str, Mapping[str, Any]]] = MappingProxyType({})
     #: whether transformers 5.x folds a flat legacy ``rope_scaling`` into the scaled layer type
     #: of a per-layer-type model (Gemma 3 does; Gemma 4 and MiMo-V2-Flash fail to build)
     flat_rope_scaling_folds: ClassVar[bool] = True

@@ -345,6 +345,8 @@ def _rope_changes(view: ConfigView, fam: Family, site: RopeSite, rope: dict[str,
     """The changes to one rope dict (``rope``: its normalized form), and the dict they leave."""
     raw = view.read_rope(site)
     updates = method.rope_updates(req, rope)
+    pinned = fam.pinned_rope_values.get(str(updates.get("rope_type", rope["rope_type"])), {})
+    updates.update({k: v for k, v in pinned.items() if k not in raw and k not in updates})
     for key, value in updates.items():
         if isinstance(value, float) and not math.isfinite(value):
             raise InvalidRequestError(
