@@ -319,7 +319,15 @@ class Registry:
                                          Param("family", placeholder="NAME"))
             else:
                 family = self.families_by_name[claimed]
-        return family.resolve(view, self)
+        try:
+            return family.resolve(view, self)
+        except UnknownFamilyError as exc:  # the fallback knows no such model_type: a faulty plugin may have
+            note = self._faulty(" (", ")")
+            head = exc.parts[0] if exc.parts and isinstance(exc.parts[0], str) else ""
+            if family is not self.fallback or not note or "; " not in head:
+                raise
+            problem, fix = head.split("; ", 1)
+            raise UnknownFamilyError(f"{problem}{note}; {fix}", *exc.parts[1:]) from None
 
     def _claim(self, view: "ConfigView") -> tuple[str | None, str | None]:
         """The first ``claim_config`` answer and the plugin that gave it, called one plugin at a time.
