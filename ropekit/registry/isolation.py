@@ -98,7 +98,7 @@ def run_bounded(call: Callable[[], T], timeout: float) -> T:
     def target() -> None:
         try:
             outcome["value"] = call()
-        except BaseException as exc:  # noqa: BLE001 - handed to the calling thread
+        except BaseException as exc:  # handed to the calling thread
             outcome["error"] = exc
 
     worker = threading.Thread(target=target, name="ropekit-plugin", daemon=True)
@@ -133,7 +133,7 @@ def load_entry_points(pm: PluginManager, group: str, reserved: tuple[str, ...]) 
     (``reserved``) or whose hook names ropekit does not know is recorded in
     ``pm.load_faults`` and left out; the others load.
     """
-    timeout: float | None = None
+    timeout = plugin_timeout()
     for ep, dist in _entry_points(group):
         if pm.has_plugin(ep.name) or pm.is_blocked(ep.name):
             continue
@@ -142,14 +142,13 @@ def load_entry_points(pm: PluginManager, group: str, reserved: tuple[str, ...]) 
                                               f"{dist.metadata['Name']!r} takes the name of a built-in plugin; "
                                               "rename the entry point"))
             continue
-        timeout = plugin_timeout() if timeout is None else timeout
         try:
             plugin = run_bounded(ep.load, timeout)
             with plugin_output():
                 pm.register(plugin, name=ep.name)
         except KeyboardInterrupt:
             raise
-        except BaseException as exc:  # noqa: BLE001 - the plugin's fault, reported by name
+        except BaseException as exc:  # the plugin's fault, reported by name
             pm.load_faults.append(PluginFault(ep.name, "load", describe(exc)))
             continue
         unknown = unknown_hooks(pm, plugin)

@@ -193,7 +193,7 @@ class Registry:
                 self.pm.unregister(impl.plugin)
             except KeyboardInterrupt:
                 raise
-            except BaseException as exc:  # noqa: BLE001 - reported by name; what it registered first stands
+            except BaseException as exc:  # reported by name; what it registered first stands
                 self.faults.append(PluginFault(name, hook_name, describe(exc)))
         return registrations
 
@@ -344,9 +344,9 @@ class Registry:
                     answer = impl.function(*[{"config": config}[name] for name in impl.argnames])
             except (RopekitError, KeyboardInterrupt):
                 raise
-            except BaseException as exc:  # noqa: BLE001 - sys.exit() in a plugin is its fault too
+            except BaseException as exc:  # sys.exit() in a plugin is its fault too
                 raise PluginError(f"plugin '{plugin}' raised {type(exc).__name__} in claim_config "
-                                  f"({_cut(str(exc))}); fix it or block it with ROPEKIT_DISABLE_PLUGINS") from exc
+                                  f"({cut(str(exc))}); fix it or block it with ROPEKIT_DISABLE_PLUGINS") from exc
             if answer is None:
                 continue
             if not isinstance(answer, str) or not answer:
@@ -373,12 +373,11 @@ class Registry:
 def _repr(value: Any) -> str:
     """A short repr that survives a plugin object whose own ``__repr__`` raises."""
     try:
-        return _cut(repr(value))
+        return cut(repr(value))
     except Exception:
         return f"<{type(value).__name__} object>"
 
 
-_cut = cut
 
 
 # --- guarding the calls ropekit makes into plugins -----------------------------------------
@@ -499,8 +498,8 @@ def _guarded(cls: type, name: str, kind: str, check: Callable[[Any], bool], expe
                 result = getattr(super(cls, self), name)(*args, **kwargs)
         except (RopekitError, KeyboardInterrupt):
             raise
-        except BaseException as exc:  # noqa: BLE001 - sys.exit() in a plugin is its fault too
-            raise PluginError(f"{_who(self, kind)} raised {type(exc).__name__} in {name}() ({_cut(str(exc))}); "
+        except BaseException as exc:  # sys.exit() in a plugin is its fault too
+            raise PluginError(f"{_who(self, kind)} raised {type(exc).__name__} in {name}() ({cut(str(exc))}); "
                               "this is a bug in that plugin: report it to its authors, pass ",
                               Param("family", placeholder="NAME"), " to use another family, or block the plugin "
                               "with ROPEKIT_DISABLE_PLUGINS") from exc
