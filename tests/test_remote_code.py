@@ -95,3 +95,19 @@ def test_a_known_architecture_with_an_auto_map_loads_without_its_code(tmp_path, 
     model = LoadedModel(folder, "", 0, None, {}, None, None, {}, None, None, None)
     assert type(fresh_config(model)).__name__ == "LlamaConfig"
     assert not marker.exists() and answer_yes.tell() == 0
+
+
+def test_a_config_only_its_own_code_can_build_is_a_clear_error(tmp_path, answer_yes):
+    """An architecture transformers does not ship, defined by the folder's configuration_*.py."""
+    from ropekit.eval.models import LoadedModel, fresh_config
+
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "acme_custom", "hidden_size": 16}))
+    marker = tmp_path / "MARKER"
+    ships_code(folder, marker, "config.json", "AutoConfig", "configuration_acme.AcmeConfig")
+    model = LoadedModel(folder, "", 0, None, {}, None, None, {}, None, None, None)
+    with pytest.raises(RemoteCodeError, match=r"the config in .* loads only by running Python code the folder ships "
+                                              r"\(config.json maps AutoConfig to 'configuration_acme.AcmeConfig'\)"):
+        fresh_config(model)
+    assert not marker.exists() and answer_yes.tell() == 0
