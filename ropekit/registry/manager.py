@@ -206,7 +206,9 @@ class Registry:
                 if registration.builtin:  # two built-ins disagree: a ropekit bug
                     raise
                 self.faults.append(PluginFault(registration.plugin, hook_name, describe(exc)))
-            except Exception as exc:  # garbage is reported; the plugin's other registrations stand
+            except KeyboardInterrupt:
+                raise
+            except BaseException as exc:  # garbage is reported; the plugin's other registrations stand
                 self.faults.append(PluginFault(registration.plugin, hook_name, describe(exc)))
 
     def _is_builtin(self, obj: Any) -> bool:
@@ -376,8 +378,6 @@ def _repr(value: Any) -> str:
         return cut(repr(value))
     except Exception:
         return f"<{type(value).__name__} object>"
-
-
 
 
 # --- guarding the calls ropekit makes into plugins -----------------------------------------
