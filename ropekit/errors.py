@@ -177,3 +177,9 @@ class TransformersCannotBuildError(RopekitError):
     """The installed transformers cannot build this model at all (its unpatched config fails too)."""
 
     exit_code = 4
+
+
+class RemoteCodeError(RopekitError, ValueError):
+    """A model folder's config, tokenizer or model loads only by running the Python code the folder ships."""
+
+    exit_code = 4

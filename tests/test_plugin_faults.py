@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import shutil
 
 import pytest
@@ -190,6 +191,13 @@ FAMILY_FAULTS = {
     "rotary_dim-returns-a-float": ("rotary_dim", returning(64.0), "returned 64.0 from rotary_dim()"),
     "rope-returns-a-list": ("rope", returning([]), "returned [] from rope()"),
     "resolve-returns-a-name": ("resolve", returning("llama"), "returned 'llama' from resolve()"),
+    "native_window-sys.exit": ("native_window", raising(SystemExit(3)), "raised SystemExit in native_window()"),
+    "rope_sites-sys.exit": ("rope_sites", raising(SystemExit("bye")), "raised SystemExit in rope_sites()"),
+    "rotary_dim-returns-a-string": ("rotary_dim", returning("64"), "returned '64' from rotary_dim()"),
+    "extra_changes-returns-nan": ("extra_changes", returning({"head_dim": math.nan}),
+                                  "returned {'head_dim': nan} from extra_changes()"),
+    "extra_changes-returns-an-object": ("extra_changes", returning({"head_dim": object()}),
+                                        "returned {'head_dim': <object object"),
 }
 
 
@@ -256,6 +264,45 @@ def test_scaling_method_fault_at_plan_time_is_a_plugin_error_naming_the_plugin(i
         apply_rope_scaling(config, LongContextConfig(method="garbage", factor=4))
     assert config == load_fixture(LLAMA3)
     assert plan(config, YARN4).new_window == 32768  # the built-in yarn is untouched
+
+
+@pytest.mark.parametrize("updates, words", [
+    ({"rope_type": "yarn", "factor": math.nan}, "returned {'rope_type': 'yarn', 'factor': nan} from rope_updates()"),
+    ({"rope_type": "yarn", "factor": "four"}, "returned {'rope_type': 'yarn', 'factor': 'four'} from rope_updates()"),
+    ({"rope_type": "yarn", "factor": 4.0, "beta_fast": math.inf}, "'beta_fast': inf} from rope_updates()"),
+    ({"rope_type": 4, "factor": 4.0}, "{'rope_type': 4, 'factor': 4.0} from rope_updates()"),
+], ids=["nan-factor", "string-factor", "infinite-beta", "numeric-rope-type"])
+def test_scaling_method_returning_non_numbers_is_the_plugins_fault(install, capsys, tmp_path, updates, words):
+    """Not "lower the factor" (exit 2) and never written into config.json: the plugin is named, exit 4."""
+    class Garbage(YaRN):
+        name = "garbage"
+
+        def rope_updates(self, req, rope):
+            return dict(updates)
+
+    install(("acme-methods", Registers(methods=[Garbage()])))
+    config = load_fixture(LLAMA3)
+    with pytest.raises(PluginError, match="scaling method 'garbage' of plugin 'acme-methods' returned") as caught:
+        apply_rope_scaling(config, LongContextConfig(method="garbage", factor=4))
+    assert words in str(caught.value) and config == load_fixture(LLAMA3)
+    shutil.copytree(FIXTURES / LLAMA3, tmp_path / "llama")
+    original = (tmp_path / "llama" / "config.json").read_bytes()
+    assert main(["patch", str(tmp_path / "llama"), "--factor", "4", "--method", "garbage", "--in-place"]) == 4
+    assert "'acme-methods'" in capsys.readouterr().err
+    assert (tmp_path / "llama" / "config.json").read_bytes() == original
+
+
+@pytest.mark.parametrize("method, value, args", [
+    ("softmax_scale_multiplier", math.nan, ({"rope_type": "yarn", "factor": 4.0},)),
+    ("softmax_scale_multiplier", "1.2", ({"rope_type": "yarn", "factor": 4.0},)),
+    ("softmax_scale_multiplier", 0.0, ({"rope_type": "yarn", "factor": 4.0},)),
+    ("legacy_mirror", 5, (None, (), {})),
+    ("legacy_mirror", {"rope_scaling": {"factor": math.inf}}, (None, (), {})),
+], ids=["multiplier-nan", "multiplier-string", "multiplier-zero", "mirror-int", "mirror-infinite"])
+def test_family_numbers_ropekit_computes_with_are_checked(method, value, args):
+    reg = registry_with(("acme-plugin", Registers(families=[faulty_family(method, returning(value))])))
+    with pytest.raises(PluginError, match=rf"family 'acme' of plugin 'acme-plugin' returned .* from {method}\(\)"):
+        getattr(reg.lookup("acme_llama"), method)(*args)
 
 
 def test_guards_follow_the_family_class_and_copies():

@@ -56,17 +56,29 @@ class Answers:
 
 # --- register_families --------------------------------------------------------------------
 
-def test_register_families_duplicate_model_type_names_both_plugins():
-    with pytest.raises(PluginError) as err:
-        registry_with(("acme-llama", Claims("acme_llama", "olmo2", "llama")))
-    message = str(err.value)
-    assert "'llama'" in message and "'ropekit.plugins.llama'" in message and "'acme-llama'" in message
-    assert "ROPEKIT_DISABLE_PLUGINS" in message
+def test_register_families_claiming_a_built_in_model_type_is_a_fault_naming_both_plugins():
+    reg = registry_with(("acme-llama", Claims("acme_llama", "olmo2", "llama")))
+    [fault] = reg.faults
+    assert (fault.plugin, fault.hook) == ("acme-llama", "register_families")
+    assert "'llama'" in fault.error and "'ropekit.plugins.llama'" in fault.error and "'acme-llama'" in fault.error
+    assert "ROPEKIT_OVERRIDE_BUILTINS=llama" in fault.error
+    assert reg.lookup("llama").plugin == "ropekit.plugins.llama" and "acme_llama" not in reg.families_by_name
 
 
-def test_register_families_duplicate_family_name_names_both_plugins():
-    with pytest.raises(PluginError, match="'qwen'.*'ropekit.plugins.qwen'.*'acme-qwen'"):
-        registry_with(("acme-qwen", Claims("qwen", "qwen9")))
+def test_register_families_duplicate_family_name_is_a_fault_naming_both_plugins():
+    reg = registry_with(("acme-qwen", Claims("qwen", "qwen9")))
+    assert [f.plugin for f in reg.faults] == ["acme-qwen"]
+    assert re.search("'qwen'.*'acme-qwen'.*'ropekit.plugins.qwen'", reg.faults[0].error)
+    assert reg.family("qwen").plugin == "ropekit.plugins.qwen"
+    with pytest.raises(UnknownFamilyError, match="plugins with faults, see 'ropekit plugins': acme-qwen"):
+        reg.lookup("qwen9")
+
+
+def test_two_third_party_plugins_claiming_one_model_type_the_second_is_set_aside():
+    reg = registry_with(("acme-a", Claims("acme_a", "acme_llama")), ("acme-b", Claims("acme_b", "acme_llama", "b2")))
+    assert reg.lookup("acme_llama").plugin == "acme-a" and "acme_b" not in reg.families_by_name
+    assert [f.plugin for f in reg.faults] == ["acme-b"]
+    assert "'acme-a' and 'acme-b'" in reg.faults[0].error and "ROPEKIT_DISABLE_PLUGINS" in reg.faults[0].error
 
 
 def test_register_families_hook_that_raises_is_reported_and_others_keep_working():
@@ -125,8 +137,10 @@ def test_register_scaling_methods_refuses_a_second_method_of_the_same_name():
         def register_scaling_methods(self, register):
             register(Linear())
 
-    with pytest.raises(PluginError, match="'linear' is registered twice.*'twice'"):
-        registry_with(("twice", Twice()))
+    reg = registry_with(("twice", Twice()))
+    assert [(f.plugin, f.hook) for f in reg.faults] == [("twice", "register_scaling_methods")]
+    assert "'linear' of plugin 'twice' is built into ropekit" in reg.faults[0].error
+    assert reg.method("linear").plugin == "ropekit.plugins.methods"
 
 
 def test_register_scaling_methods_reserves_auto():
@@ -138,8 +152,9 @@ def test_register_scaling_methods_reserves_auto():
         def register_scaling_methods(self, register):
             register(Auto())
 
-    with pytest.raises(PluginError, match="'auto'"):
-        registry_with(("auto", Registers()))
+    reg = registry_with(("auto", Registers()))
+    assert [f.plugin for f in reg.faults] == ["auto"] and "'auto'" in reg.faults[0].error
+    assert "auto" not in reg.methods
 
 
 # --- claim_config -------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterator
 from ropekit.errors import InvalidRequestError, ResolutionError
 from ropekit.eval import corpus
 from ropekit.eval.reference import BYTE_TOKENIZER, REFERENCE_DIR, read_metadata
+from ropekit.remote_code import no_remote_code
 
 NO_SCALING = "none"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "vocab.json")
@@ -96,7 +97,7 @@ def load_model(source: str | Path | None = None, device: Any = None) -> LoadedMo
     loaded = LoadedModel(folder, "", 0, encode, {}, device, dtype, metadata, gguf_file, attention_for(device), decode)
     raw = json.loads((folder / "config.json").read_text()) if gguf_file is None else fresh_config(loaded).to_dict()
     window = trained_window(raw)
-    with quiet_loading():
+    with quiet_loading(), no_remote_code(folder, "model"):
         base = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, dtype=dtype,
                                                     attn_implementation="sdpa", trust_remote_code=False)
     state = {k: v.detach().to(device) for k, v in base.state_dict().items()}
@@ -158,7 +159,7 @@ def trained_window(config: dict[str, Any]) -> int:
 def fresh_config(model: LoadedModel) -> Any:
     from transformers import AutoConfig
 
-    with quiet_loading():
+    with quiet_loading(), no_remote_code(model.folder, "config"):
         return AutoConfig.from_pretrained(model.folder, gguf_file=model.gguf_file, trust_remote_code=False)
 
 
@@ -247,5 +248,5 @@ def load_tokenizer(path: Path, gguf_file: str | None = None) -> Any:
     """The model's tokenizer, from its folder or from the GGUF file itself."""
     from transformers import AutoTokenizer
 
-    with quiet_loading():
+    with quiet_loading(), no_remote_code(path, "tokenizer"):
         return AutoTokenizer.from_pretrained(path, gguf_file=gguf_file, trust_remote_code=False)

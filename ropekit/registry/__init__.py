@@ -25,7 +25,8 @@ def families() -> list[dict[str, object]]:
     """Every registered family with its plugin, version and model_types."""
     reg = get_registry()
     return [
-        {"name": f.name, "plugin": f.plugin, "version": f.version, "model_types": list(f.model_types),
+        {"name": f.name, "plugin": f.plugin, "version": f.version,
+         "model_types": [t for t in f.model_types if reg.by_model_type.get(t) is f],  # less any taken over
          "methods": list(f.methods) if f.methods is not None else sorted(reg.methods),
          "description": f.description}
         for f in sorted(reg.families_by_name.values(), key=lambda f: f.name)

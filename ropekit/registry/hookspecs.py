@@ -25,8 +25,10 @@ def register_families(register: Callable[["Family"], None]) -> None:
     """Register architecture families by calling ``register(family)`` once per family.
 
     :param register: takes a :class:`~ropekit.registry.family.Family` instance. A
-        model_type already claimed by another plugin raises
-        :class:`~ropekit.errors.PluginError` naming both plugins.
+        family name or model_type another plugin already registered is a fault naming
+        both plugins, and set aside (a built-in one unless listed in
+        ``ROPEKIT_OVERRIDE_BUILTINS``). The hook may take at most
+        ``ROPEKIT_PLUGIN_TIMEOUT`` seconds.
     """
 
 
@@ -35,7 +37,8 @@ def register_scaling_methods(register: Callable[["ScalingMethod"], None]) -> Non
     """Register RoPE scaling methods by calling ``register(method)`` once per method.
 
     :param register: takes a :class:`~ropekit.scaling.methods.ScalingMethod`
-        instance; its ``name`` becomes a valid ``LongContextConfig.method``.
+        instance; its ``name`` becomes a valid ``LongContextConfig.method``. A name
+        already registered (or ``auto``) is a fault, set aside.
     """
 
 

@@ -1,10 +1,12 @@
 """The plugin manager factory and the registry built from it.
 
-``make_plugin_manager()`` returns a fresh :class:`pluggy.PluginManager` with the
-built-in plugins registered exactly like third-party ones, entry points of the
-``ropekit`` group loaded, and ``ROPEKIT_DISABLE_PLUGINS`` honoured. A
-:class:`Registry` calls the registration hooks once, one plugin at a time, so a
-plugin that raises is reported by name while the others keep working.
+``make_plugin_manager()`` returns a fresh plugin manager with the built-in plugins
+registered exactly like third-party ones, entry points of the ``ropekit`` group
+loaded one at a time (see :mod:`ropekit.registry.isolation`: a plugin that fails
+to import, hangs or names an unknown hook is a fault, set aside), and
+``ROPEKIT_DISABLE_PLUGINS`` honoured. A :class:`Registry` calls the registration
+hooks once, one plugin at a time, so a plugin that raises is reported by name
+while the others keep working.
 
 A plugin is held to its word at every call, not only at registration:
 
@@ -12,11 +14,15 @@ A plugin is held to its word at every call, not only at registration:
   :class:`ScalingMethod`), or a family whose ``model_types`` are not non-empty
   strings, is recorded in :attr:`Registry.faults`; the plugin's other
   registrations stand;
+* a family, model_type or method that another plugin already registered is a
+  fault and set aside; a built-in one is taken over only when its name is listed
+  in ``ROPEKIT_OVERRIDE_BUILTINS``; the method name ``auto`` is reserved;
 * every third-party family and method ropekit calls is guarded (built-ins are not:
   their crash is a ropekit bug and must show as one): an exception other than a
-  :class:`RopekitError`, or a return value of the wrong kind, becomes a
-  :class:`PluginError` naming the plugin, the family and the method, whichever
-  command called it (plan, patch, inspect, audit, landing);
+  :class:`RopekitError` (``sys.exit`` included), or a return value of the wrong
+  kind, becomes a :class:`PluginError` naming the plugin, the family and the
+  method, whichever command called it (plan, patch, inspect, audit, landing);
+  what it prints goes to stderr;
 * a ``claim_config`` answer that raises or is not a family name or None is a
   :class:`PluginError` naming the plugin; the config it sees is a copy.
 """
@@ -25,7 +31,7 @@ from __future__ import annotations
 
 import copy
 import importlib
-import importlib.metadata
+import math
 import numbers
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -42,6 +48,19 @@ from ropekit.errors import (
     UnknownFamilyError,
 )
 from ropekit.registry.family import Family, ShippedScaling
+from ropekit.registry.isolation import (
+    OVERRIDE_ENV,
+    PluginFault,
+    PluginManager,
+    PluginTimeout,
+    cut,
+    describe,
+    load_entry_points,
+    overridden_builtins,
+    plugin_output,
+    plugin_timeout,
+    run_bounded,
+)
 from ropekit.scaling.config_view import ConfigView, RopeSite
 from ropekit.scaling.methods import ScalingMethod
 
@@ -65,13 +84,16 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
 )
 
 
-def make_plugin_manager(*, entry_points: bool | None = None) -> pluggy.PluginManager:
+def make_plugin_manager(*, entry_points: bool | None = None) -> PluginManager:
     """A new plugin manager with the built-ins and (by default) entry-point plugins.
+
+    An entry-point plugin that cannot be loaded is recorded in ``pm.load_faults``
+    (and so in :attr:`Registry.faults`) and left out; the others load.
 
     :param entry_points: load the ``ropekit`` entry-point group; ``None`` reads
         ``ROPEKIT_NO_ENTRY_POINTS`` at call time.
     """
-    pm = pluggy.PluginManager("ropekit")
+    pm = PluginManager()
     pm.add_hookspecs(hookspecs)
     for name in constants.disabled_plugins():
         pm.set_blocked(name)
@@ -85,38 +107,36 @@ def make_plugin_manager(*, entry_points: bool | None = None) -> pluggy.PluginMan
                 continue
             raise
         pm.register(module, name=module_name)
+    pm.check_pending()  # the built-ins' hook names: a failure here is a ropekit bug
     if constants.load_entry_points() if entry_points is None else entry_points:
-        try:
-            pm.load_setuptools_entrypoints(constants.ENTRY_POINT_GROUP)
-        except pluggy.PluginValidationError as exc:
-            raise PluginError(
-                f"plugin {exc.plugin!r} does not match ropekit's hooks ({exc}); fix its hook names "
-                "or block it with ROPEKIT_DISABLE_PLUGINS"
-            ) from exc
-        except Exception as exc:  # a broken third-party package must not break ropekit
-            raise PluginError(
-                f"loading the '{constants.ENTRY_POINT_GROUP}' entry points failed ({exc}); "
-                "uninstall the broken plugin or block it with ROPEKIT_DISABLE_PLUGINS"
-            ) from exc
-    pm.check_pending()
+        load_entry_points(pm, constants.ENTRY_POINT_GROUP, DEFAULT_PLUGINS)
     return pm
 
 
 def plugin_version(pm: pluggy.PluginManager, plugin: object) -> str:
     """The version of the distribution that ships a plugin (ropekit's for built-ins)."""
+    version = getattr(pm, "versions", {}).get(pm.get_name(plugin))
+    if version is not None:
+        return str(version)
     for plugin_obj, dist in pm.list_plugin_distinfo():
         if plugin_obj is plugin:
             return str(dist.version)
     return constants.dist_version("ropekit") or "0+unknown"
 
 
+def is_builtin(plugin: object, name: str | None) -> bool:
+    """Whether a registered plugin is one of ropekit's own (a module of :data:`DEFAULT_PLUGINS`)."""
+    return name in DEFAULT_PLUGINS and getattr(plugin, "__name__", None) == name
+
+
 @dataclass
-class PluginFault:
-    """A plugin whose hook raised or registered garbage."""
+class _Registration:
+    """What one plugin's registration hook handed to ``register()``."""
 
     plugin: str
-    hook: str
-    error: str
+    version: str
+    builtin: bool
+    objects: list[Any] = field(default_factory=list)
 
 
 @dataclass
@@ -133,36 +153,81 @@ class Registry:
 
     @classmethod
     def from_manager(cls, pm: pluggy.PluginManager | None = None) -> "Registry":
+        """Call every plugin's registration hooks, then add what each registered.
+
+        A third-party hook runs bounded by ``ROPEKIT_PLUGIN_TIMEOUT``; a plugin whose hook
+        times out is set aside whole (unregistered, nothing of it added).
+        """
         reg = cls(pm or make_plugin_manager())
-        reg._collect("register_families", reg._add_family)
-        reg._collect("register_scaling_methods", reg._add_method)
+        reg.faults.extend(getattr(reg.pm, "load_faults", ()))
+        hooks = (("register_families", reg._add_family), ("register_scaling_methods", reg._add_method))
+        called = [(hook_name, add, reg._call(hook_name)) for hook_name, add in hooks]
+        for hook_name, add, registrations in called:
+            for registration in registrations:
+                if reg.pm.has_plugin(registration.plugin):  # not set aside meanwhile
+                    reg._add_all(hook_name, add, registration)
         return reg
 
-    def _collect(self, hook_name: str, add: Callable[[Any, str, str], None]) -> None:
-        hook = getattr(self.pm.hook, hook_name)
-        for impl in hook.get_hookimpls():
-            plugin_name = self.pm.get_name(impl.plugin) or repr(impl.plugin)
-            version = plugin_version(self.pm, impl.plugin)
+    def _call(self, hook_name: str) -> list[_Registration]:
+        """Each plugin's ``hook_name`` hook called once, in registration order, with what it registered."""
+        registrations: list[_Registration] = []
+        timeout: float | None = None
+        for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
+            name = self.pm.get_name(impl.plugin)
+            if name is None or impl.hookwrapper or getattr(impl, "wrapper", False):
+                continue
+            registration = _Registration(name, plugin_version(self.pm, impl.plugin), is_builtin(impl.plugin, name))
+            registrations.append(registration)
 
-            def register(obj: Any, plugin: str = plugin_name, version: str = version) -> None:
-                try:
-                    add(obj, plugin, version)
-                except PluginError:
-                    raise
-                except Exception as exc:  # garbage is reported; the plugin's other registrations stand
-                    self._fault(plugin, hook_name, exc)
+            def call(function: Callable[..., Any] = impl.function, objects: list[Any] = registration.objects) -> None:
+                function(register=objects.append)
 
             try:
-                impl.function(register=register)
-            except PluginError:
+                if registration.builtin:
+                    call()
+                else:
+                    timeout = plugin_timeout() if timeout is None else timeout
+                    run_bounded(call, timeout)
+            except PluginTimeout as exc:  # abandoned: whatever it registered, before or later, is dropped
+                self.faults.append(PluginFault(name, hook_name, describe(exc)))
+                self.pm.unregister(impl.plugin)
+            except KeyboardInterrupt:
                 raise
-            except Exception as exc:  # reported by name; other plugins keep working
-                self._fault(plugin_name, hook_name, exc)
+            except BaseException as exc:  # reported by name; what it registered first stands
+                self.faults.append(PluginFault(name, hook_name, describe(exc)))
+        return registrations
 
-    def _fault(self, plugin: str, hook: str, exc: Exception) -> None:
-        self.faults.append(PluginFault(plugin, hook, f"{type(exc).__name__}: {_cut(str(exc))}"))
+    def _add_all(self, hook_name: str, add: Callable[[Any, _Registration], None],
+                 registration: _Registration) -> None:
+        for obj in registration.objects:
+            try:
+                add(obj, registration)
+            except PluginError as exc:
+                if registration.builtin:  # two built-ins disagree: a ropekit bug
+                    raise
+                self.faults.append(PluginFault(registration.plugin, hook_name, describe(exc)))
+            except KeyboardInterrupt:
+                raise
+            except BaseException as exc:  # garbage is reported; the plugin's other registrations stand
+                self.faults.append(PluginFault(registration.plugin, hook_name, describe(exc)))
 
-    def _add_family(self, family: Any, plugin: str, version: str) -> None:
+    def _is_builtin(self, obj: Any) -> bool:
+        plugin = getattr(obj, "plugin", None)
+        return plugin in DEFAULT_PLUGINS and is_builtin(self.pm.get_plugin(plugin), plugin)
+
+    def _may_take(self, owner: Any, what: str, name: str, plugin: str, fix: str = "rename it") -> None:
+        """Raise the :class:`PluginError` that sets aside ``plugin``'s claim on what ``owner`` holds,
+        unless ``owner`` is a built-in and ``name`` is listed in ``ROPEKIT_OVERRIDE_BUILTINS``."""
+        if not self._is_builtin(owner):
+            raise PluginError(f"{what} is registered by both '{owner.plugin}' and '{plugin}'; the one of "
+                              f"'{plugin}' is set aside: block one of the plugins with ROPEKIT_DISABLE_PLUGINS")
+        if name not in overridden_builtins():
+            raise PluginError(f"{what} of plugin '{plugin}' is built into ropekit ('{owner.plugin}'); the "
+                              f"plugin's is set aside: {fix}, or set {OVERRIDE_ENV}={name} to let the "
+                              "plugin replace the built-in")
+
+    def _add_family(self, family: Any, registration: _Registration) -> None:
+        plugin, version = registration.plugin, registration.version
         if not isinstance(family, Family) or not isinstance(getattr(family, "name", None), str) or not family.name:
             raise TypeError(f"register() expects a named Family instance, got {_repr(family)}")
         model_types = getattr(family, "model_types", None)
@@ -173,30 +238,26 @@ class Registry:
         is_fallback = not model_types and getattr(family, "fallback", False) is True
         if not model_types and not is_fallback:
             raise TypeError(f"family {family.name!r} declares no model_types; list the model_type values it handles")
-        if is_fallback and self.fallback is not None:
-            raise PluginError(
-                f"families '{self.fallback.name}' ({self.fallback.plugin}) and '{family.name}' ({plugin}) both "
-                "answer for unclaimed model_types; block one with ROPEKIT_DISABLE_PLUGINS"
-            )
         methods = getattr(family, "methods", None)
         if methods is not None and (isinstance(methods, str) or not all(isinstance(m, str) for m in methods)):
             raise TypeError(f"family {family.name!r} declares methods {_repr(methods)}; expected None or a "
                             "tuple of method names")
-        if family.name in self.families_by_name:
-            other = self.families_by_name[family.name].plugin
-            raise PluginError(
-                f"family '{family.name}' is registered by both '{other}' and '{plugin}'; "
-                "block one with ROPEKIT_DISABLE_PLUGINS"
-            )
+        replaced = self.families_by_name.get(family.name)
+        if replaced is not None:
+            self._may_take(replaced, f"family '{family.name}'", family.name, plugin)
         for model_type in family.model_types:
-            if model_type in self.by_model_type:
-                other = self.by_model_type[model_type].plugin
-                raise PluginError(
-                    f"model_type '{model_type}' is claimed by both '{other}' and '{plugin}'; "
-                    "block one with ROPEKIT_DISABLE_PLUGINS"
-                )
+            owner = self.by_model_type.get(model_type)
+            if owner is not None and owner is not replaced:
+                self._may_take(owner, f"model_type '{model_type}'", model_type, plugin)
+        if is_fallback and self.fallback is not None and self.fallback is not replaced:
+            self._may_take(self.fallback, f"the family for unclaimed model_types ('{self.fallback.name}')",
+                           self.fallback.name, plugin, f"give family '{family.name}' model_types")
+        if replaced is not None:  # listed in ROPEKIT_OVERRIDE_BUILTINS: the built-in goes, with its model_types
+            del self.families_by_name[family.name]
+            self.by_model_type = {t: f for t, f in self.by_model_type.items() if f is not replaced}
+            self.fallback = None if self.fallback is replaced else self.fallback
         family.plugin, family.version = plugin, version
-        if plugin not in DEFAULT_PLUGINS:  # a built-in's crash is a ropekit bug and must show as one
+        if not registration.builtin:  # a built-in's crash is a ropekit bug and must show as one
             _guard(family, "family", _FAMILY_CALLS)
         self.families_by_name[family.name] = family
         if is_fallback:
@@ -204,7 +265,8 @@ class Registry:
         for model_type in family.model_types:
             self.by_model_type[model_type] = family
 
-    def _add_method(self, method: Any, plugin: str, version: str) -> None:
+    def _add_method(self, method: Any, registration: _Registration) -> None:
+        plugin = registration.plugin
         if not isinstance(method, ScalingMethod) or not isinstance(getattr(method, "name", None), str) \
                 or not method.name:
             raise TypeError(f"register() expects a named ScalingMethod instance, got {_repr(method)}")
@@ -212,10 +274,13 @@ class Registry:
         if isinstance(band, bool) or not isinstance(band, numbers.Real) or not band > 1:
             raise TypeError(f"scaling method {method.name!r} declares stable_max_factor {_repr(band)}; "
                             "expected a number above 1")
-        if method.name in self.methods or method.name == "auto":
-            raise PluginError(f"scaling method '{method.name}' is registered twice (again by '{plugin}')")
+        if method.name == "auto":
+            raise PluginError(f"scaling method 'auto' of plugin '{plugin}' takes the name that lets ropekit "
+                              "choose the method; rename it")
+        if method.name in self.methods:
+            self._may_take(self.methods[method.name], f"scaling method '{method.name}'", method.name, plugin)
         method.plugin = plugin
-        if plugin not in DEFAULT_PLUGINS:
+        if not registration.builtin:
             _guard(method, "scaling method", _METHOD_CALLS)
         self.methods[method.name] = method
 
@@ -226,7 +291,7 @@ class Registry:
         except (KeyError, TypeError):
             known = ", ".join(sorted(self.families_by_name)) or "none"
             raise UnknownFamilyError(
-                f"no family handles model_type {model_type!r} (families: {known}; "
+                f"no family handles model_type {model_type!r} (families: {known}{self._faulty()}; "
                 "'ropekit plugins' lists their model_types); "
                 "install or write a family plugin (see 'Writing a family plugin' in the README) "
                 "or pass ", Param("family", placeholder="NAME"), " to use an existing one"
@@ -238,7 +303,7 @@ class Registry:
             return self.families_by_name[name]
         except KeyError:
             known = ", ".join(sorted(self.families_by_name))
-            raise UnknownFamilyError(f"no family named {name!r} (known: {known})") from None
+            raise UnknownFamilyError(f"no family named {name!r} (known: {known}{self._faulty()})") from None
 
     def family_for(self, view: "ConfigView") -> "Family":
         """The family that owns a config: model_type table, the claim_config hook, then the fallback."""
@@ -256,7 +321,15 @@ class Registry:
                                          Param("family", placeholder="NAME"))
             else:
                 family = self.families_by_name[claimed]
-        return family.resolve(view, self)
+        try:
+            return family.resolve(view, self)
+        except UnknownFamilyError as exc:  # the fallback knows no such model_type: a faulty plugin may have
+            note = self._faulty(" (", ")")
+            head = exc.parts[0] if exc.parts and isinstance(exc.parts[0], str) else ""
+            if family is not self.fallback or not note or "; " not in head:
+                raise
+            problem, fix = head.split("; ", 1)
+            raise UnknownFamilyError(f"{problem}{note}; {fix}", *exc.parts[1:]) from None
 
     def _claim(self, view: "ConfigView") -> tuple[str | None, str | None]:
         """The first ``claim_config`` answer and the plugin that gave it, called one plugin at a time.
@@ -269,12 +342,13 @@ class Registry:
                 continue
             plugin = self.pm.get_name(impl.plugin) or repr(impl.plugin)
             try:
-                answer = impl.function(*[{"config": config}[name] for name in impl.argnames])
-            except RopekitError:
+                with plugin_output():
+                    answer = impl.function(*[{"config": config}[name] for name in impl.argnames])
+            except (RopekitError, KeyboardInterrupt):
                 raise
-            except Exception as exc:
+            except BaseException as exc:  # sys.exit() in a plugin is its fault too
                 raise PluginError(f"plugin '{plugin}' raised {type(exc).__name__} in claim_config "
-                                  f"({_cut(str(exc))}); fix it or block it with ROPEKIT_DISABLE_PLUGINS") from exc
+                                  f"({cut(str(exc))}); fix it or block it with ROPEKIT_DISABLE_PLUGINS") from exc
             if answer is None:
                 continue
             if not isinstance(answer, str) or not answer:
@@ -289,20 +363,21 @@ class Registry:
             return self.methods[name]
         except KeyError:
             known = ", ".join(sorted(self.methods)) + ", auto"
-            raise InvalidRequestError(f"unknown scaling method {name!r}; choose one of {known}") from None
+            raise InvalidRequestError(f"unknown scaling method {name!r}{self._faulty(' (', ')')}; choose one "
+                                      f"of {known}") from None
+
+    def _faulty(self, before: str = "; ", after: str = "") -> str:
+        """Words naming the plugins with faults ('ropekit plugins' says what each did), or nothing."""
+        names = sorted({fault.plugin for fault in self.faults})
+        return f"{before}plugins with faults, see 'ropekit plugins': {', '.join(names)}{after}" if names else ""
 
 
 def _repr(value: Any) -> str:
     """A short repr that survives a plugin object whose own ``__repr__`` raises."""
     try:
-        return _cut(repr(value))
+        return cut(repr(value))
     except Exception:
         return f"<{type(value).__name__} object>"
-
-
-def _cut(text: str, limit: int = 200) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[:limit] + "..."
 
 
 # --- guarding the calls ropekit makes into plugins -----------------------------------------
@@ -331,6 +406,36 @@ def _anything(value: Any) -> bool:
     return True
 
 
+def _is_finite(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_json(value: Any) -> bool:
+    """A value ropekit can write into config.json: JSON types, numbers finite."""
+    if value is None or isinstance(value, (bool, str)):
+        return True
+    if isinstance(value, numbers.Real):
+        return _is_finite(value)
+    if isinstance(value, (list, tuple)):
+        return all(_is_json(item) for item in value)
+    return isinstance(value, dict) and all(isinstance(k, str) and _is_json(v) for k, v in value.items())
+
+
+def _is_json_dict(value: Any) -> bool:
+    return isinstance(value, dict) and _is_json(value)
+
+
+#: rope keys that hold a number (or null) wherever transformers reads them
+_NUMERIC_ROPE_KEYS = frozenset({"factor", "original_max_position_embeddings", "rope_theta", "attention_factor",
+                                "beta_fast", "beta_slow", "low_freq_factor", "high_freq_factor", "mscale",
+                                "mscale_all_dim"})
+
+
+def _is_rope_updates(value: Any) -> bool:
+    return _is_json_dict(value) and isinstance(value.get("rope_type", ""), str) and \
+        all(value[k] is None or _is_finite(value[k]) for k in _NUMERIC_ROPE_KEYS & set(value))
+
+
 #: the Family methods ropekit calls, with what each must return
 _FAMILY_CALLS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "resolve": (_is_family, "a Family"),
@@ -345,15 +450,17 @@ _FAMILY_CALLS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "head_dim": (_is_count, "a positive integer"),
     "rotary_dim": (lambda v: isinstance(v, numbers.Integral) and not isinstance(v, bool), "an integer"),
     "check_method": (_anything, ""),
-    "extra_changes": (_is_dict, "a dict"),
-    "implied_settings": (_is_dict, "a dict"),
+    "extra_changes": (_is_json_dict, "a dict of JSON values (numbers finite)"),
+    "implied_settings": (_is_json_dict, "a dict of JSON values (numbers finite)"),
+    "softmax_scale_multiplier": (lambda v: _is_finite(v) and v > 0, "a positive finite number"),
+    "legacy_mirror": (lambda v: v is None or _is_json_dict(v), "a dict of JSON values or None"),
     "refresh_live_modules": (_anything, ""),
     "refusal": (lambda v: v is None or isinstance(v, str), "a string or None"),
     "note": (lambda v: v is None or isinstance(v, str), "a string or None"),
 }
 #: the ScalingMethod methods ropekit calls, with what each must return
 _METHOD_CALLS: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "rope_updates": (_is_dict, "a dict"),
+    "rope_updates": (_is_rope_updates, "a dict of rope keys with finite numbers"),
     "config_max_position_embeddings": (_is_count, "a positive integer"),
 }
 
@@ -387,11 +494,12 @@ def _guarded(cls: type, name: str, kind: str, check: Callable[[Any], bool], expe
     """The plugin's ``name`` method, with its faults turned into a :class:`PluginError` naming the plugin."""
     def call(self: Any, *args: Any, **kwargs: Any) -> Any:
         try:
-            result = getattr(super(cls, self), name)(*args, **kwargs)
-        except RopekitError:
+            with plugin_output():
+                result = getattr(super(cls, self), name)(*args, **kwargs)
+        except (RopekitError, KeyboardInterrupt):
             raise
-        except Exception as exc:
-            raise PluginError(f"{_who(self, kind)} raised {type(exc).__name__} in {name}() ({_cut(str(exc))}); "
+        except BaseException as exc:  # sys.exit() in a plugin is its fault too
+            raise PluginError(f"{_who(self, kind)} raised {type(exc).__name__} in {name}() ({cut(str(exc))}); "
                               "this is a bug in that plugin: report it to its authors, pass ",
                               Param("family", placeholder="NAME"), " to use another family, or block the plugin "
                               "with ROPEKIT_DISABLE_PLUGINS") from exc

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from ropekit.errors import EvalPackError, InvalidRequestError, ResolutionError
+from ropekit.errors import EvalPackError, InvalidRequestError, RemoteCodeError, ResolutionError
+from ropekit.remote_code import no_remote_code
 
 MIN_LONG_EXAMPLES = 50
 RECOMMENDED_LONG_EXAMPLES = (50, 200)
@@ -160,7 +161,10 @@ def token_counter(tokenizer: str | Path | None) -> tuple[Callable[[str], int], s
     from transformers import AutoTokenizer
 
     try:
-        tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+        with no_remote_code(folder, "tokenizer"):  # never run the folder's code, never prompt on stdin
+            tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False)
+    except RemoteCodeError:
+        raise
     except (OSError, ValueError) as exc:
         raise ResolutionError(f"cannot load a tokenizer from {folder} ({type(exc).__name__}); pass a folder "
                               "with tokenizer.json or tokenizer_config.json") from None
