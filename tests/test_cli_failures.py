@@ -110,6 +110,29 @@ def test_success_json_is_unchanged_by_the_failure_document(run):
     assert "error" not in document and document["long_context"]["factor"] == 4.0
 
 
+@pytest.mark.parametrize("fails", [False, True])
+def test_json_stdout_holds_the_document_alone_whatever_prints_meanwhile(run, monkeypatch, fails):
+    """A library's log line on import (DeepSpeed's accelerator notice) goes to stderr under --json."""
+    from ropekit.cli import models
+
+    real = models.plan_config
+
+    def noisy(*args, **kwargs):
+        print("[WARNING] [real_accelerator.py] Setting accelerator to CPU.")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(models, "plan_config", noisy)
+    args = ["plan", LLAMA31 if fails else LLAMA2, "--factor", "4", "--method", "yarn", "--json"]
+    code, out, err = run(*args)
+    assert code == (3 if fails else 0)
+    document = json.loads(out)
+    if fails:
+        assert document["ok"] is False and document["error"]["class"] == "CompoundingError"
+    else:
+        assert "long_context" in document
+    assert "Setting accelerator to CPU" in err and "Setting accelerator" not in out
+
+
 # --- flags on the command line, parameters in the API --------------------------------------
 
 @pytest.mark.parametrize("args, api, flags", [

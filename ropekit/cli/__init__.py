@@ -8,6 +8,7 @@ policy, 4 bad input, 1 only for bugs); ``--debug`` shows the traceback.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import sys
@@ -98,8 +99,12 @@ def main(argv: list[str] | None = None) -> int:
     as_json = _wants_json(args)
     _load_commands()
     _Output.collecting, _Output.document = True, None
+    # with --json, stdout carries the document alone: whatever else prints while the command runs
+    # (a library's log line on import, a plugin's print) goes to stderr
+    quiet_stdout = contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext()
     try:
-        code = _run(args, debug)
+        with quiet_stdout:
+            code = _run(args, debug)
     finally:
         _Output.collecting = False
     if isinstance(code, _Failure):
