@@ -177,3 +177,17 @@ class TransformersCannotBuildError(RopekitError):
     """The installed transformers cannot build this model at all (its unpatched config fails too)."""
 
     exit_code = 4
+
+
+class FileAccessError(RopekitError, OSError):
+    """The file system refused a read or write: permissions, a read-only or full disk, a too-long name.
+
+    An environment problem, not a ropekit bug; the message names the path and the operating
+    system's reason.
+    """
+
+    exit_code = 4
+
+
+class FolderInUseError(FileAccessError):
+    """Another ropekit process holds the folder's lock beyond ``ROPEKIT_LOCK_TIMEOUT`` seconds."""

@@ -17,6 +17,7 @@ from conftest import (
 )
 
 from ropekit import LongContextConfig, files, resolve
+from ropekit.folders import companions
 from ropekit.constants import BACKUP_FILENAME, RECEIPT_FILENAME
 from ropekit.errors import (
     CompoundingError,
@@ -181,11 +182,11 @@ def test_patch_needs_exactly_one_destination(model_dir, tmp_path):
         files.patch_folder(resolve(model_dir), YARN4, out=tmp_path / "o", in_place=True)
 
 
-def test_large_companions_are_skipped(model_dir, tmp_path, monkeypatch):
-    monkeypatch.setattr(files, "MAX_COMPANION_BYTES", 10)
-    copied, skipped = files.copy_companions(model_dir, tmp_path)
-    assert copied == []
-    assert any(s.startswith("tokenizer_config.json (") and "limit" in s for s in skipped)
+def test_large_companions_are_skipped(model_dir, monkeypatch):
+    monkeypatch.setattr(companions, "MAX_COMPANION_BYTES", 10)
+    found = companions.read_companions(model_dir, {"config.json"})
+    assert found.files == [] and found.refused == []
+    assert any(s.startswith("tokenizer_config.json (") and "limit" in s for s in found.skipped)
 
 
 # --- patch --in-place and revert ----------------------------------------------------------
