@@ -132,7 +132,8 @@ def patch_folder(resolved: ResolvedConfig, request: LongContextConfig, *, out: P
         folder = _in_place_folder(resolved)
     else:
         folder = Path(out)  # type: ignore[arg-type]
-        _check_out_target(folder, resolved)
+        with file_access("write to", folder):
+            _check_out_target(folder, resolved)
 
     model = {**resolved.receipt_model(), "file_sha256_before": sha256_hex(original) if original else None}
     plan, receipt = apply_config(config, request, family=family, inherited=resolved.inherited, model=model)

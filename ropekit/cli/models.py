@@ -278,6 +278,7 @@ def patch_command(model: str, request: LongContextConfig, out: Path | None, in_p
         con.print(f"copied: {', '.join(result.copied)}")
     if result.skipped:
         con.print(f"not copied: {', '.join(result.skipped)}")
+    render.warn_lines(con, (f"not copied: {item}" for item in result.refused))
     if any(item.endswith("(weights)") for item in result.skipped):
         con.print(f"weights are never copied; link them: ln -s {Path(model).resolve()}/*.safetensors "
                   f"{result.folder.resolve()}/")

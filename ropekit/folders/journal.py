@@ -61,7 +61,11 @@ class Transaction:
         if self._moves:
             fsync_dir(self.staging)
         journal = {"moves": [list(move) for move in self._moves], "removals": self._removals}
-        atomic_write(self.folder / JOURNAL_NAME, json.dumps(journal).encode("utf-8"), 0o600)
+        try:
+            atomic_write(self.folder / JOURNAL_NAME, json.dumps(journal).encode("utf-8"), 0o600)
+        except BaseException:  # not committed: the folder is as it was
+            self.abort()
+            raise
         checkpoint("committed")
         _apply(self.folder, journal)
 
