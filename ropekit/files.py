@@ -273,7 +273,8 @@ def _stage_companions(result: PatchResult, txn: Transaction, source: Path, earli
     for item in found.files:
         target = result.folder / item.name
         if earlier and os.path.lexists(target):
-            if not target.is_file() or target.is_symlink() or target.read_bytes() != item.data:
+            if (target.is_symlink() or not target.is_file() or target.stat().st_size != len(item.data)
+                    or target.read_bytes() != item.data):
                 result.refused.append(f"{item.name} (already in {shown(result.folder)} with other content; kept)")
                 continue
         txn.write(item.name, item.data, item.mode)
@@ -314,10 +315,11 @@ class VerifyResult:
 def locate_folder(target: Path) -> Path:
     """The model folder for a folder or a path to its config.json."""
     target = Path(target)
-    if target.is_dir():
-        return target
-    if target.is_file():
-        return target.parent
+    with file_access("read", target):
+        if target.is_dir():
+            return target
+        if target.is_file():
+            return target.parent
     raise ResolutionError(f"no folder or file at {str(target)!r}; give the folder ropekit patched")
 
 

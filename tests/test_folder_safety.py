@@ -237,6 +237,9 @@ def test_out_names_too_long_dangling_links_and_procfs(model, tmp_path, capsys):
         line = one_error(err, code)
         assert words in line and (str(out)[:60] in line), line
     assert sorted(p.name for p in tmp_path.iterdir() if p.name != "hf-cache") == ["dangling", "model"]
+    for command in ("verify", "revert"):
+        code, _, err = run(capsys, command, str(deep))
+        assert "File name too long" in one_error(err, code)
 
 
 # --- item 11: long file names -------------------------------------------------------------
