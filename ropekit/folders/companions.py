@@ -12,21 +12,18 @@ that is not a regular file (fifos, devices, sockets, files of ``/proc``, ``/sys`
 from __future__ import annotations
 
 import os
-import re
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ropekit.folders.atomic import default_mode
+from ropekit.folders.guard import CACHE_REPO, special_root
 
 #: weight files are never copied by ``patch --out`` (link or copy them yourself)
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf", ".h5", ".msgpack",
                    ".onnx", ".npz", ".npy", ".tflite", ".ot", ".pkl")
 #: companion files larger than this are skipped as well (tokenizers are a few MB to ~35 MB)
 MAX_COMPANION_BYTES = 64 * 1024 * 1024
-#: pseudo file systems whose "files" are never model files
-_SPECIAL_ROOTS = ("/proc", "/sys", "/dev")
-_CACHE_REPO = re.compile(r"^(models|datasets|spaces)--.+")
 
 
 @dataclass
@@ -70,7 +67,7 @@ def read_companions(source: Path, ignore: set[str]) -> Companions:
 
 def _read_one(name: str, target: str, found: Companions) -> None:
     real = os.path.realpath(target)
-    special = next((root for root in _SPECIAL_ROOTS if _inside(real, root)), None)
+    special = special_root(Path(real))
     if special is not None:
         found.refused.append(f"{name} (a file of {special}, not a model file)")
         return
@@ -122,7 +119,7 @@ def _cache_blobs(source: Path, real_source: str) -> list[str]:
     for folder in (os.path.abspath(source), real_source):
         snapshots = os.path.dirname(folder)
         repo = os.path.dirname(snapshots)
-        if os.path.basename(snapshots) == "snapshots" and _CACHE_REPO.match(os.path.basename(repo)):
+        if os.path.basename(snapshots) == "snapshots" and CACHE_REPO.match(os.path.basename(repo)):
             return [os.path.realpath(os.path.join(repo, "blobs"))]
     return []
 

@@ -20,7 +20,8 @@ from typing import Iterator
 from ropekit.errors import FileAccessError, Param, RopekitError
 from ropekit.hub.resolve import hub_cache_dir
 
-_CACHE_REPO = re.compile(r"^(models|datasets|spaces)--.+")
+#: the folder name of a repo in a Hugging Face cache
+CACHE_REPO = re.compile(r"^(models|datasets|spaces)--.+")
 #: pseudo file systems ropekit never writes into
 SPECIAL_ROOTS = ("/proc", "/sys", "/dev")
 _FIXES = {
@@ -48,7 +49,7 @@ def hub_cache_root(folder: Path) -> Path | None:
     for path in (Path(os.path.abspath(folder)), real):
         parts = path.parts
         for i in range(1, len(parts) - 1):
-            if parts[i] == "snapshots" and _CACHE_REPO.match(parts[i - 1]):
+            if parts[i] == "snapshots" and CACHE_REPO.match(parts[i - 1]):
                 return Path(*parts[: i - 1])
     return None
 
