@@ -13,7 +13,6 @@ import contextlib
 import errno
 import os
 import re
-import sys
 from pathlib import Path
 from typing import Iterator
 
@@ -56,8 +55,11 @@ def hub_cache_root(folder: Path) -> Path | None:
 
 def _cache_roots() -> list[Path]:
     roots = [hub_cache_dir()]
-    constants = sys.modules.get("huggingface_hub.constants")
-    value = getattr(constants, "HF_HUB_CACHE", None) if constants is not None else None
+    try:
+        from huggingface_hub import constants
+    except ImportError:  # pragma: no cover - a dependency, but the check must not need it
+        constants = None
+    value = getattr(constants, "HF_HUB_CACHE", None)
     if value:
         roots.append(Path(value))
     return [Path(os.path.realpath(root)) for root in roots]
