@@ -215,7 +215,7 @@ def _transaction(folder: Path) -> Iterator[Transaction]:
 
 
 def _check_out_target(folder: Path, resolved: ResolvedConfig) -> None:
-    if resolved.path is not None and folder.resolve() == Path(resolved.path).parent.resolve():
+    if resolved.path is not None and os.path.realpath(folder) == os.path.realpath(Path(resolved.path).parent):
         raise InvalidConfigError(f"--out {folder} is the model's own folder; use --in-place to patch it "
                                  "there (a backup is kept for revert), or choose a new folder")
     if folder.is_symlink() and not folder.exists():
@@ -232,7 +232,7 @@ def _check_out_target(folder: Path, resolved: ResolvedConfig) -> None:
 def _write_out(result: PatchResult, patched: bytes, companions_from: Path | None) -> None:
     """Into a new or empty folder, or an earlier ropekit output whose receipt verifies."""
     folder = result.folder
-    created = not os.path.lexists(folder)
+    created = [folder, *(p for p in folder.parents if not os.path.lexists(p))] if not os.path.lexists(folder) else []
     try:
         with file_access("write to", folder):
             folder.mkdir(parents=True, exist_ok=True)
@@ -245,9 +245,9 @@ def _write_out(result: PatchResult, patched: bytes, companions_from: Path | None
                     txn.write(CONFIG_FILENAME, patched, default_mode())
                     txn.write(RECEIPT_FILENAME, result.receipt.to_json().encode("utf-8"), default_mode())
     except BaseException:
-        if created:
-            with contextlib.suppress(OSError):
-                folder.rmdir()  # only when empty: nothing of ours is left in it
+        with contextlib.suppress(OSError):
+            for path in created:  # the folders this call made, innermost first, each only when empty
+                path.rmdir()
         raise
 
 

@@ -189,7 +189,7 @@ def creating(path, flags=0, *args, **kwargs) -> bool:
 @pytest.mark.parametrize("command", ["in-place", "out", "revert"])
 def test_file_system_refusals_are_one_line_exit_4_and_leave_nothing(model, tmp_path, monkeypatch, capsys,
                                                                    name, code, when, command):
-    out = tmp_path / "out"
+    out = tmp_path / "new" / "out"  # neither exists: both are removed again
     if command == "revert":
         files.patch_folder(resolve(model), YARN4, in_place=True)
     before = listing(model)
@@ -200,7 +200,17 @@ def test_file_system_refusals_are_one_line_exit_4_and_leave_nothing(model, tmp_p
     line = one_error(err, code_)
     assert os.strerror(code) in line and (str(model) in line or str(out) in line), line
     monkeypatch.undo()
-    assert listing(model) == before and not out.exists()
+    assert listing(model) == before and not (tmp_path / "new").exists()
+
+
+def test_verify_reads_a_folder_it_cannot_write_unless_a_killed_change_is_pending(model, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    files.patch_folder(resolve(model), YARN4, out=out)
+    failing(monkeypatch, "open", errno.EROFS, creating)
+    assert files.verify_folder(out).ok  # no lock file can be made: read without it
+    (out / ".ropekit-staging").mkdir()  # what a kill before the commit leaves
+    with pytest.raises(FileAccessError, match="finish the change a killed ropekit left in .*Read-only file system"):
+        files.verify_folder(out)
 
 
 def test_a_read_only_folder_by_permissions(model, capsys):
