@@ -66,8 +66,10 @@ def _cache_roots() -> list[Path]:
 
 
 def special_root(path: Path) -> str | None:
-    """``/proc``, ``/sys`` or ``/dev`` when ``path`` resolves into one of them."""
+    """``/proc``, ``/sys`` or ``/dev`` when ``path`` resolves into one of them (``/dev/shm`` is a disk)."""
     real = os.path.realpath(path)
+    if real == "/dev/shm" or real.startswith("/dev/shm/"):
+        return None
     return next((root for root in SPECIAL_ROOTS if real == root or real.startswith(root + os.sep)), None)
 
 
