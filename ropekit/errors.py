@@ -183,3 +183,17 @@ class RemoteCodeError(RopekitError, ValueError):
     """A model folder's config, tokenizer or model loads only by running the Python code the folder ships."""
 
     exit_code = 4
+
+
+class FileAccessError(RopekitError, OSError):
+    """The file system refused a read or write: permissions, a read-only or full disk, a too-long name.
+
+    An environment problem, not a ropekit bug; the message names the path and the operating
+    system's reason.
+    """
+
+    exit_code = 4
+
+
+class FolderInUseError(FileAccessError):
+    """Another ropekit process holds the folder's lock beyond ``ROPEKIT_LOCK_TIMEOUT`` seconds."""

@@ -1,152 +1,64 @@
 """Folder operations behind ``ropekit patch``, ``verify`` and ``revert``.
 
-Every write is atomic (a temporary file in the same folder, fsync, ``os.replace``,
-fsync of the folder), so a crash leaves either the old file or the new one, never
-half of one.
-
 * :func:`patch_folder` writes the patched ``config.json`` and ``rope_receipt.json``
-  into a new folder (``out``), or over the model's own ``config.json`` (in place)
-  after saving the original bytes to ``config.json.ropekit-orig`` for
-  :func:`revert_folder`.
+  into a new or empty folder (``out``), or an earlier ropekit output whose receipt
+  verifies; or over the model's own ``config.json`` (in place) after saving the
+  original bytes to ``config.json.ropekit-orig`` for :func:`revert_folder`.
 * :func:`verify_folder` checks a folder's receipt against its ``config.json``.
 * :func:`revert_folder` restores the original ``config.json`` byte for byte.
 
-What a process killed at any instant (SIGKILL, power loss) leaves behind:
+Every command that writes a folder holds its lock (:mod:`ropekit.folders.lock`), so
+two ropekit processes never interleave their writes, and changes the folder in one
+transaction (:mod:`ropekit.folders.journal`): killed at any instant, the folder is the
+old state or the new one (patched, with its receipt) once the next ropekit command has
+touched it. The file system's refusals (read-only, full, permissions, names too long)
+are one-line :class:`~ropekit.errors.FileAccessError` errors (exit 4), with nothing
+half-written left.
 
-* ``patch --in-place`` writes the backup, then config.json, then the receipt. Killed
-  before config.json is replaced, the folder holds the original config.json (and maybe
-  the backup); killed after, the patched config.json and the backup, with or without
-  the receipt. Whenever the backup exists ``ropekit revert`` restores the original;
-  once the receipt exists ``ropekit verify`` passes.
-* ``revert`` restores config.json, then removes the receipt, then the backup; killed
-  anywhere, running ``ropekit revert`` again finishes the job.
-* A kill between writing a temporary file and renaming it leaves a hidden
-  ``.<name>.<random>.tmp`` file beside the target. Verify ignores such files, ``patch``
-  never copies them, and the next ``patch`` or ``revert`` of the folder deletes them.
-
-Test hook: ``ROPEKIT_TEST_PAUSE_AT=<step>`` (read at each step, one environment look-up
-otherwise) makes the process print ``ropekit: paused at <step>`` on stderr and sleep, so
-that a test can kill it there. Steps are ``written:<file>`` (temporary file written and
-synced, not yet renamed), ``replaced:<file>`` (renamed into place) and ``removed:<file>``,
-for config.json, rope_receipt.json and config.json.ropekit-orig.
+Test hook: ``ROPEKIT_TEST_PAUSE_AT=<step>`` (see :mod:`ropekit.folders.atomic`) pauses
+at ``staged:<file>`` (written in the staging folder), ``committed`` (journal written),
+``replaced:<file>`` (renamed into place) and ``removed:<file>``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
-import re
-import sys
-import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from ropekit.constants import BACKUP_FILENAME, RECEIPT_FILENAME
 from ropekit.errors import (
+    FileAccessError,
+    FolderInUseError,
     InvalidConfigError,
     InvalidRequestError,
+    Param,
     PolicyError,
     ReceiptMismatchError,
     ResolutionError,
+    RopekitError,
 )
+from ropekit.folders.atomic import PAUSE_ENV, atomic_write, default_mode
+from ropekit.folders.companions import read_companions
+from ropekit.folders.guard import access_error, file_access, hub_cache_root, shown, special_root
+from ropekit.folders.journal import JOURNAL_NAME, STAGING_NAME, Transaction, pending, recover
+from ropekit.folders.lock import LOCK_NAME, folder_lock
 from ropekit.hub.resolve import ResolvedConfig
 from ropekit.jsonio import read_bounded, read_config_file
 from ropekit.receipt import Receipt, sha256_hex, verify_receipt
 from ropekit.scaling.engine import Plan, apply_config
 from ropekit.scaling.long_context import LongContextConfig
 
+__all__ = ["CONFIG_FILENAME", "PAUSE_ENV", "Check", "PatchResult", "RevertResult", "VerifyResult", "atomic_write",
+           "dump_like", "locate_folder", "patch_folder", "revert_folder", "verify_folder"]
+
 CONFIG_FILENAME = "config.json"
-
-#: weight files are never copied by ``patch --out`` (link or copy them yourself)
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf", ".h5", ".msgpack",
-                   ".onnx", ".npz", ".npy", ".tflite", ".ot", ".pkl")
-#: companion files larger than this are skipped as well (tokenizers are a few MB to ~35 MB)
-MAX_COMPANION_BYTES = 64 * 1024 * 1024
-
-
-# --- atomic files -------------------------------------------------------------------------
-
-
-#: test hook (see the module docstring): the step at which to pause, read at call time
-PAUSE_ENV = "ROPEKIT_TEST_PAUSE_AT"
-PAUSE_SECONDS = 60.0
-#: a temporary file :func:`atomic_write` leaves only when killed between write and rename
-_TEMP_NAME = re.compile(r"^\.(?P<target>.+)\.[A-Za-z0-9_]{8}\.tmp$")
-
-
-def checkpoint(step: str) -> None:
-    """Pause here when ``ROPEKIT_TEST_PAUSE_AT`` names ``step`` (tests kill the process there)."""
-    if os.environ.get(PAUSE_ENV) == step:
-        print(f"ropekit: paused at {step}", file=sys.stderr, flush=True)
-        time.sleep(PAUSE_SECONDS)
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically: temp file in the same folder, fsync, replace.
-
-    An existing file keeps its permission bits; a new one gets the umask's default.
-    A symlink at ``path`` is replaced by a regular file (its target is left alone).
-    """
-    path = Path(path)
-    try:
-        mode = path.stat().st_mode & 0o7777
-    except FileNotFoundError:
-        mode = _default_mode()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, mode)
-        checkpoint(f"written:{path.name}")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-    checkpoint(f"replaced:{path.name}")
-
-
-def stale_temp_files(folder: Path) -> list[Path]:
-    """Temporary files a killed ropekit left in ``folder`` (for config.json, receipt, backup)."""
-    own = {CONFIG_FILENAME, RECEIPT_FILENAME, BACKUP_FILENAME}
-    try:
-        entries = list(Path(folder).iterdir())
-    except OSError:
-        return []
-    return sorted(p for p in entries if (m := _TEMP_NAME.match(p.name)) and m["target"] in own and p.is_file())
-
-
-def remove_stale_temp_files(folder: Path) -> list[str]:
-    """Delete :func:`stale_temp_files`; returns their names."""
-    removed = []
-    for path in stale_temp_files(folder):
-        path.unlink(missing_ok=True)
-        removed.append(path.name)
-    return removed
-
-
-def _default_mode() -> int:
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # some file systems cannot sync a directory
-        pass
-    finally:
-        os.close(fd)
+#: ropekit's own files in a folder: never copied, never counted as the user's
+OWN_FILES = {CONFIG_FILENAME, RECEIPT_FILENAME, BACKUP_FILENAME, LOCK_NAME, JOURNAL_NAME, STAGING_NAME}
 
 
 def dump_like(config: dict[str, Any], original: bytes | None) -> bytes:
@@ -182,7 +94,7 @@ def dump_like(config: dict[str, Any], original: bytes | None) -> bytes:
 
 @dataclass
 class PatchResult:
-    """What :func:`patch_folder` wrote."""
+    """What :func:`patch_folder` wrote; ``refused`` names files not copied for safety."""
 
     plan: Plan
     receipt: Receipt
@@ -193,12 +105,13 @@ class PatchResult:
     backup_path: Path | None = None
     copied: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # "name (why)"
+    refused: list[str] = field(default_factory=list)  # "name (why)": links out, special files, foreign files
 
     def to_json(self) -> dict[str, Any]:
         return {
             "folder": str(self.folder), "in_place": self.in_place, "config": str(self.config_path),
             "receipt": str(self.receipt_path), "backup": str(self.backup_path) if self.backup_path else None,
-            "copied": list(self.copied), "skipped": list(self.skipped),
+            "copied": list(self.copied), "skipped": list(self.skipped), "refused": list(self.refused),
             "manifest_sha256": self.receipt.manifest_sha256, "plan": self.plan.to_json(),
         }
 
@@ -219,7 +132,8 @@ def patch_folder(resolved: ResolvedConfig, request: LongContextConfig, *, out: P
         folder = _in_place_folder(resolved)
     else:
         folder = Path(out)  # type: ignore[arg-type]
-        _check_out_folder(folder, resolved)
+        with file_access("write to", folder):
+            _check_out_target(folder, resolved)
 
     model = {**resolved.receipt_model(), "file_sha256_before": sha256_hex(original) if original else None}
     plan, receipt = apply_config(config, request, family=family, inherited=resolved.inherited, model=model)
@@ -230,16 +144,11 @@ def patch_folder(resolved: ResolvedConfig, request: LongContextConfig, *, out: P
                                   files=layout)
     result = PatchResult(plan, receipt, folder, in_place, folder / CONFIG_FILENAME, folder / RECEIPT_FILENAME)
     if in_place:
-        remove_stale_temp_files(folder)
-        _write_in_place(result, original, patched)  # type: ignore[arg-type]
+        with file_access("write to", folder), folder_lock(folder):
+            recover(folder)
+            _write_in_place(result, original, patched)  # type: ignore[arg-type]
         return result
-
-    folder.mkdir(parents=True, exist_ok=True)
-    remove_stale_temp_files(folder)
-    if companions_from is not None:
-        result.copied, result.skipped = copy_companions(companions_from, folder)
-    atomic_write(result.config_path, patched)
-    atomic_write(result.receipt_path, receipt.to_json().encode("utf-8"))
+    _write_out(result, patched, companions_from)
     return result
 
 
@@ -256,68 +165,120 @@ def _in_place_folder(resolved: ResolvedConfig) -> Path:
             f"({resolved.model_id}); write the patch elsewhere with --out DIR"
         )
     folder = Path(resolved.path).parent
-    if (folder / BACKUP_FILENAME).exists():
+    _refuse_hub_cache(folder, "other programs read them")
+    _refuse_patched(folder)
+    return folder
+
+
+def _refuse_hub_cache(folder: Path, why: str) -> None:
+    cache = hub_cache_root(folder)
+    if cache is not None:
+        raise PolicyError(f"{shown(folder)} is inside the Hugging Face cache {shown(cache)}, which ropekit never "
+                          f"edits in place (its files are shared; {why}); patch into a new folder with ",
+                          Param("out", placeholder="DIR"))
+
+
+def _refuse_patched(folder: Path) -> None:
+    if os.path.lexists(folder / BACKUP_FILENAME):
         raise PolicyError(
             f"{folder} was already patched in place ({BACKUP_FILENAME} holds the original); "
             f"run 'ropekit revert {folder}' first, or patch into a new folder with --out DIR"
         )
-    return folder
-
-
-def _check_out_folder(folder: Path, resolved: ResolvedConfig) -> None:
-    if resolved.path is not None and folder.resolve() == Path(resolved.path).parent.resolve():
-        raise InvalidConfigError(f"--out {folder} is the model's own folder; use --in-place to patch it "
-                                 "there (a backup is kept for revert), or choose a new folder")
-    if folder.exists() and not folder.is_dir():
-        raise InvalidConfigError(f"--out {folder} exists and is not a folder; choose a new folder")
-    if (folder / CONFIG_FILENAME).exists() and not (folder / RECEIPT_FILENAME).exists():
-        raise InvalidConfigError(f"--out {folder} already holds a config.json that ropekit did not write; "
-                                 "choose an empty or new folder")
 
 
 def _write_in_place(result: PatchResult, original: bytes, patched: bytes) -> None:
-    """Backup first, then config, then receipt; undo what was written if a later step fails."""
-    backup = result.folder / BACKUP_FILENAME
-    atomic_write(backup, original)
-    result.backup_path = backup
+    """Backup, config and receipt in one transaction, under the folder's lock."""
+    folder = result.folder
+    _refuse_patched(folder)  # again, under the lock: another ropekit may have patched it meanwhile
+    config_path = result.config_path
+    if read_bounded(config_path) != original:
+        raise PolicyError(f"{config_path} changed while this command waited for another ropekit on {folder}; "
+                          "run the command again to patch the config as it is now")
+    mode = os.stat(config_path).st_mode & 0o7777
+    with _transaction(folder) as txn:
+        txn.write(BACKUP_FILENAME, original, mode)
+        txn.write(CONFIG_FILENAME, patched, mode)
+        txn.write(RECEIPT_FILENAME, result.receipt.to_json().encode("utf-8"), default_mode())
+    result.backup_path = folder / BACKUP_FILENAME
+
+
+@contextlib.contextmanager
+def _transaction(folder: Path) -> Iterator[Transaction]:
+    """A :class:`Transaction` committed when the block ends, discarded when it raises."""
+    txn = Transaction(folder)
     try:
-        atomic_write(result.config_path, patched)
-        try:
-            atomic_write(result.receipt_path, result.receipt.to_json().encode("utf-8"))
-        except BaseException:
-            atomic_write(result.config_path, original)
-            raise
+        yield txn
     except BaseException:
-        backup.unlink(missing_ok=True)
+        txn.abort()
+        raise
+    txn.commit()
+
+
+def _check_out_target(folder: Path, resolved: ResolvedConfig) -> None:
+    if resolved.path is not None and os.path.realpath(folder) == os.path.realpath(Path(resolved.path).parent):
+        raise InvalidConfigError(f"--out {folder} is the model's own folder; use --in-place to patch it "
+                                 "there (a backup is kept for revert), or choose a new folder")
+    if folder.is_symlink() and not folder.exists():
+        raise FileAccessError(f"--out {shown(folder)} is a symlink to {shown(os.readlink(folder))}, which does not "
+                              "exist; choose a real folder")
+    special = special_root(folder)
+    if special is not None:
+        raise FileAccessError(f"--out {shown(folder)} lies in {special}, which holds no files to write; "
+                              "choose a folder on a disk")
+    if os.path.lexists(folder) and not folder.is_dir():
+        raise InvalidConfigError(f"--out {shown(folder)} exists and is not a folder; choose a new folder")
+
+
+def _write_out(result: PatchResult, patched: bytes, companions_from: Path | None) -> None:
+    """Into a new or empty folder, or an earlier ropekit output whose receipt verifies."""
+    folder = result.folder
+    created = [folder, *(p for p in folder.parents if not os.path.lexists(p))] if not os.path.lexists(folder) else []
+    try:
+        with file_access("write to", folder):
+            folder.mkdir(parents=True, exist_ok=True)
+            with folder_lock(folder):
+                recover(folder)
+                earlier = _earlier_output(folder)
+                with _transaction(folder) as txn:
+                    if companions_from is not None:
+                        _stage_companions(result, txn, companions_from, earlier)
+                    txn.write(CONFIG_FILENAME, patched, default_mode())
+                    txn.write(RECEIPT_FILENAME, result.receipt.to_json().encode("utf-8"), default_mode())
+    except BaseException:
+        with contextlib.suppress(OSError):
+            for path in created:  # the folders this call made, innermost first, each only when empty
+                path.rmdir()
         raise
 
 
-def copy_companions(source: Path, dest: Path) -> tuple[list[str], list[str]]:
-    """Copy a model folder's small non-weight top-level files (tokenizer, generation config...).
+def _earlier_output(folder: Path) -> bool:
+    """False for an empty folder, True for an earlier ropekit output; anything else is refused."""
+    names = sorted(n for n in os.listdir(folder) if n not in (LOCK_NAME, JOURNAL_NAME, STAGING_NAME))
+    if not names:
+        return False
+    problem = f"holds {', '.join(names[:3])}{' ...' if len(names) > 3 else ''}, which ropekit did not write"
+    if RECEIPT_FILENAME in names:
+        try:
+            _verify_unlocked(folder)
+            return True
+        except RopekitError as exc:
+            problem = f"holds a {RECEIPT_FILENAME} that does not verify ({exc})"
+    raise InvalidConfigError(f"--out {shown(folder)} {problem}; ropekit writes only into a new or empty folder "
+                             "or its own earlier output; choose an empty or new folder")
 
-    Never copies weights, config.json, ropekit's own files, hidden files or sub-folders.
-    Returns the names copied and the names skipped with the reason.
-    """
-    copied: list[str] = []
-    skipped: list[str] = []
-    own = {CONFIG_FILENAME, RECEIPT_FILENAME, BACKUP_FILENAME}
-    for entry in sorted(Path(source).iterdir(), key=lambda p: p.name):
-        name = entry.name
-        if name in own or name.startswith("."):
-            continue
-        if entry.is_dir():
-            skipped.append(f"{name}/ (folder)")
-        elif name.lower().endswith(WEIGHT_SUFFIXES):
-            skipped.append(f"{name} (weights)")
-        elif entry.is_file():
-            size = entry.stat().st_size
-            if size > MAX_COMPANION_BYTES:
-                skipped.append(f"{name} ({size // (1024 * 1024)} MiB, over the "
-                               f"{MAX_COMPANION_BYTES // (1024 * 1024)} MiB limit)")
-            else:
-                atomic_write(dest / name, entry.read_bytes())
-                copied.append(name)
-    return copied, skipped
+
+def _stage_companions(result: PatchResult, txn: Transaction, source: Path, earlier: bool) -> None:
+    found = read_companions(source, OWN_FILES)
+    result.skipped, result.refused = found.skipped, found.refused
+    for item in found.files:
+        target = result.folder / item.name
+        if earlier and os.path.lexists(target):
+            if (target.is_symlink() or not target.is_file() or target.stat().st_size != len(item.data)
+                    or target.read_bytes() != item.data):
+                result.refused.append(f"{item.name} (already in {shown(result.folder)} with other content; kept)")
+                continue
+        txn.write(item.name, item.data, item.mode)
+        result.copied.append(item.name)
 
 
 # --- verify -------------------------------------------------------------------------------
@@ -354,19 +315,38 @@ class VerifyResult:
 def locate_folder(target: Path) -> Path:
     """The model folder for a folder or a path to its config.json."""
     target = Path(target)
-    if target.is_dir():
-        return target
-    if target.is_file():
-        return target.parent
+    with file_access("read", target):
+        if target.is_dir():
+            return target
+        if target.is_file():
+            return target.parent
     raise ResolutionError(f"no folder or file at {str(target)!r}; give the folder ropekit patched")
 
 
 def verify_folder(target: Path) -> VerifyResult:
     """Check the folder's receipt against its config.json (values and hash).
 
-    Raises :class:`ReceiptMismatchError` naming the first difference.
+    Holds the folder's lock when it can (finishing first a change a killed ropekit left);
+    a folder ropekit cannot write is read without it. Raises :class:`ReceiptMismatchError`
+    naming the first difference.
     """
     folder = locate_folder(target)
+    with contextlib.ExitStack() as stack:
+        if hub_cache_root(folder) is None:
+            try:
+                stack.enter_context(folder_lock(folder))
+            except FolderInUseError:
+                raise
+            except OSError as exc:  # read-only or not ours: nothing to repair, or say why it cannot be
+                if pending(folder):
+                    raise access_error(exc, "finish the change a killed ropekit left in", folder) from None
+            else:
+                with file_access("finish the change a killed ropekit left in", folder):
+                    recover(folder)
+        return _verify_unlocked(folder)
+
+
+def _verify_unlocked(folder: Path) -> VerifyResult:
     receipt_path = folder / RECEIPT_FILENAME
     if not receipt_path.is_file():
         raise InvalidConfigError(f"{folder} has no {RECEIPT_FILENAME}; patch it with 'ropekit patch' first")
@@ -404,6 +384,13 @@ def revert_folder(target: Path, *, force: bool = False) -> RevertResult:
     when config.json was edited after the patch, unless ``force``.
     """
     folder = locate_folder(target)
+    _refuse_hub_cache(folder, "nothing ropekit wrote there can be reverted")
+    with file_access("write to", folder), folder_lock(folder):
+        recover(folder)
+        return _revert_locked(folder, force)
+
+
+def _revert_locked(folder: Path, force: bool) -> RevertResult:
     backup = folder / BACKUP_FILENAME
     receipt_path = folder / RECEIPT_FILENAME
     config_path = folder / CONFIG_FILENAME
@@ -419,17 +406,13 @@ def revert_folder(target: Path, *, force: bool = False) -> RevertResult:
     current = _current_config(config_path, force)
     if current != original and receipt_path.is_file() and not force:
         _check_revertible(Receipt.load(receipt_path), original, current, folder)
-    if current != original:
-        atomic_write(config_path, original)
-    removed = []
-    for path in (receipt_path, backup):
-        if path.exists():
-            path.unlink()
-            _fsync_dir(folder)
-            checkpoint(f"removed:{path.name}")
-            removed.append(path.name)
-    removed += remove_stale_temp_files(folder)
-    _fsync_dir(folder)
+    removed = [path.name for path in (receipt_path, backup) if os.path.lexists(path)]
+    with _transaction(folder) as txn:
+        if current != original:
+            mode = os.stat(config_path if current is not None else backup).st_mode & 0o7777
+            txn.write(CONFIG_FILENAME, original, mode)
+        for name in removed:
+            txn.remove(name)
     return RevertResult(folder, sha256_hex(original), removed)
 
 

@@ -25,6 +25,7 @@ from ropekit.errors import (
     PolicyError,
     ReceiptMismatchError,
 )
+from ropekit.folders import companions, journal
 from ropekit.hub.resolve import ResolvedConfig
 
 LLAMA3 = "meta-llama__Meta-Llama-3-8B-Instruct"
@@ -181,11 +182,11 @@ def test_patch_needs_exactly_one_destination(model_dir, tmp_path):
         files.patch_folder(resolve(model_dir), YARN4, out=tmp_path / "o", in_place=True)
 
 
-def test_large_companions_are_skipped(model_dir, tmp_path, monkeypatch):
-    monkeypatch.setattr(files, "MAX_COMPANION_BYTES", 10)
-    copied, skipped = files.copy_companions(model_dir, tmp_path)
-    assert copied == []
-    assert any(s.startswith("tokenizer_config.json (") and "limit" in s for s in skipped)
+def test_large_companions_are_skipped(model_dir, monkeypatch):
+    monkeypatch.setattr(companions, "MAX_COMPANION_BYTES", 10)
+    found = companions.read_companions(model_dir, {"config.json"})
+    assert found.files == [] and found.refused == []
+    assert any(s.startswith("tokenizer_config.json (") and "limit" in s for s in found.skipped)
 
 
 # --- patch --in-place and revert ----------------------------------------------------------
@@ -294,3 +295,31 @@ def test_verify_ignores_formatting_but_not_other_fields(model_dir, tmp_path):
 def test_verify_without_receipt(model_dir):
     with pytest.raises(InvalidConfigError, match=RECEIPT_FILENAME):
         files.verify_folder(model_dir)
+
+
+# --- the journal ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("text,words", [
+    ("not json", "is not a ropekit journal"),
+    ('{"moves": [["0", "../../outside"]], "removals": []}', "names files outside its folder"),
+    ('{"moves": [], "removals": ["/etc/passwd"]}', "names files outside its folder"),
+])
+def test_a_journal_ropekit_did_not_write_is_refused_and_nothing_is_touched(model_dir, text, words):
+    (model_dir / journal.JOURNAL_NAME).write_text(text)
+    before = {p.name: p.read_bytes() for p in model_dir.iterdir() if p.is_file()}
+    with pytest.raises(InvalidConfigError, match=words):
+        files.revert_folder(model_dir)
+    assert {p.name: p.read_bytes() for p in model_dir.iterdir() if p.is_file()} == before
+
+
+def test_an_uncommitted_transaction_is_discarded_and_a_committed_one_finished(model_dir):
+    txn = journal.Transaction(model_dir)
+    txn.write("new.txt", b"staged only", 0o644)  # never committed: a kill here changes nothing visible
+    assert journal.pending(model_dir) and journal.recover(model_dir)
+    assert not (model_dir / "new.txt").exists() and not journal.pending(model_dir)
+    (model_dir / journal.STAGING_NAME).mkdir()
+    (model_dir / journal.STAGING_NAME / "0").write_bytes(b"committed")
+    (model_dir / journal.JOURNAL_NAME).write_text('{"moves": [["0", "new.txt"]], "removals": ["pytorch_model.bin"]}')
+    assert journal.recover(model_dir)
+    assert (model_dir / "new.txt").read_bytes() == b"committed" and not (model_dir / "pytorch_model.bin").exists()
+    assert not journal.pending(model_dir) and not journal.recover(model_dir)

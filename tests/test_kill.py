@@ -1,63 +1,79 @@
-"""A real kill: ``ropekit patch --in-place`` and ``ropekit revert`` SIGKILLed at every atomic step.
+"""Killed at any instant, a folder is the old state or the new one once the next command touches it.
 
-The child is the real command line. ``ROPEKIT_TEST_PAUSE_AT=<step>`` (ropekit/files.py)
-makes it announce the step on stderr and sleep there; the test then SIGKILLs it and
-checks the folder: config.json is exactly the old or exactly the new bytes (never a
-mix or a truncated file), the backup and receipt are whole whenever present, a killed
-temporary file is hidden and ignored, and the folder can always be reverted or
-verified, ending byte-identical to the original.
+Two kinds of kill:
+
+* the real command line, SIGKILLed where ``ROPEKIT_TEST_PAUSE_AT=<step>`` makes it pause
+  (each named step of ``patch --in-place``, ``patch --out`` and ``revert``);
+* a forked child running the Python API that SIGKILLs itself before its N-th file-system
+  call (``os.open``, ``write``, ``fsync``, ``replace``, ``unlink``, ``mkdir``, ...), for
+  every N until the call completes, so that every write, rename and removal is a kill
+  point; some of the repairs are then killed too.
+
+After each kill the next command (``verify``, as a user would run it) must find the folder
+"original" (exactly the files it had, nothing of ropekit's left) or "patched with its
+receipt" (verifying, and reverting to the original bytes).
 """
 
 from __future__ import annotations
 
 import os
-import re
 import select
 import shutil
 import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Callable
 
 import pytest
 from conftest import FIXTURES
 
 from ropekit import LongContextConfig, files, resolve
 from ropekit.constants import BACKUP_FILENAME, RECEIPT_FILENAME
-from ropekit.errors import InvalidConfigError, ReceiptMismatchError
+from ropekit.errors import InvalidConfigError
 
 CONFIG = "config.json"
 LLAMA3 = FIXTURES / "meta-llama__Meta-Llama-3-8B-Instruct" / CONFIG
 PATCH_ARGS = ("--factor", "4", "--method", "yarn")
 YARN4 = LongContextConfig(method="yarn", factor=4.0)
+LINEAR2 = LongContextConfig(method="linear", factor=2.0)
 
-#: patch --in-place: backup, then config.json, then the receipt, each written then renamed
-PATCH_STEPS = [f"{stage}:{name}" for name in (BACKUP_FILENAME, CONFIG, RECEIPT_FILENAME)
-               for stage in ("written", "replaced")]
-#: revert: config.json restored (written, renamed), then the receipt and the backup removed
-REVERT_STEPS = [f"written:{CONFIG}", f"replaced:{CONFIG}", f"removed:{RECEIPT_FILENAME}",
+#: the named steps of each command (see ropekit/files.py)
+IN_PLACE_STEPS = [f"staged:{n}" for n in (BACKUP_FILENAME, CONFIG, RECEIPT_FILENAME)] + ["committed"] + \
+    [f"replaced:{n}" for n in (BACKUP_FILENAME, CONFIG, RECEIPT_FILENAME)]
+OUT_STEPS = ["staged:tokenizer_config.json", f"staged:{RECEIPT_FILENAME}", "committed", f"replaced:{CONFIG}",
+             f"replaced:{RECEIPT_FILENAME}"]
+REVERT_STEPS = [f"staged:{CONFIG}", "committed", f"replaced:{CONFIG}", f"removed:{RECEIPT_FILENAME}",
                 f"removed:{BACKUP_FILENAME}"]
+#: the os functions a forked child counts; it kills itself before the N-th call
+FS_CALLS = ("open", "write", "fsync", "replace", "rename", "unlink", "rmdir", "mkdir", "fchmod", "chmod")
 
 
 @pytest.fixture
 def model(tmp_path):
-    """A model folder, and the bytes an uninterrupted patch of that same folder writes."""
+    """A model folder with a tokenizer file."""
     folder = tmp_path / "llama3"
     folder.mkdir()
     shutil.copy(LLAMA3, folder / CONFIG)
     (folder / "tokenizer_config.json").write_text('{"model_max_length": 8192}\n')
-    original = (folder / CONFIG).read_bytes()
-    files.patch_folder(resolve(folder), YARN4, in_place=True)  # the reference: same folder, same versions
-    patched = (folder / CONFIG).read_bytes()
-    receipt = (folder / RECEIPT_FILENAME).read_bytes()
-    files.revert_folder(folder)
-    assert (folder / CONFIG).read_bytes() == original
-    return folder, original, patched, receipt
+    return folder
 
 
 def listing(folder: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())} if folder.exists() else {}
 
+
+def state_after(folder: Path) -> str:
+    """What the next command sees: "patched" (verifies) or "original" (no receipt), nothing else."""
+    try:
+        files.verify_folder(folder)
+    except InvalidConfigError as exc:
+        assert "has no rope_receipt.json" in str(exc), exc
+        return "original"
+    return "patched"
+
+
+# --- the real command line, killed at each named step ---------------------------------------
 
 def kill_at(step: str, *args: str) -> None:
     """Run ``python -m ropekit ARGS`` until it pauses at ``step``, then SIGKILL it."""
@@ -68,7 +84,6 @@ def kill_at(step: str, *args: str) -> None:
         ready, _, _ = select.select([proc.stderr], [], [], 60)
         line = proc.stderr.readline() if ready else ""
         assert line.strip() == f"ropekit: paused at {step}", (line, proc.poll())
-        assert proc.poll() is None
         os.kill(proc.pid, signal.SIGKILL)
         assert proc.wait(timeout=30) == -signal.SIGKILL
     finally:
@@ -78,91 +93,161 @@ def kill_at(step: str, *args: str) -> None:
         proc.stderr.close()
 
 
-def temp_files(folder: Path) -> list[Path]:
-    return [p for p in folder.iterdir() if p.name.startswith(".")]
+@pytest.mark.parametrize("step", IN_PLACE_STEPS)
+def test_cli_patch_in_place_killed_at_each_step(model, step):
+    before = listing(model)
+    kill_at(step, "patch", str(model), *PATCH_ARGS, "--in-place")
+    committed = IN_PLACE_STEPS.index(step) >= IN_PLACE_STEPS.index("committed")
+    assert state_after(model) == ("patched" if committed else "original")
+    if committed:
+        assert (model / BACKUP_FILENAME).read_bytes() == before[CONFIG]
+        files.revert_folder(model)
+    assert listing(model) == before
 
 
-def assert_whole(folder: Path, original: bytes, patched: bytes, receipt: bytes) -> None:
-    """Every file is one of the complete versions; a temporary file is hidden and complete too."""
-    assert (folder / CONFIG).read_bytes() in (original, patched)
-    if (folder / BACKUP_FILENAME).exists():
-        assert (folder / BACKUP_FILENAME).read_bytes() == original
-    if (folder / RECEIPT_FILENAME).exists():
-        assert (folder / RECEIPT_FILENAME).read_bytes() == receipt
-    for temp in temp_files(folder):  # mkstemp's name beside its target: .config.json.k3j_9xq2.tmp
-        assert re.fullmatch(r"\.(config\.json|rope_receipt\.json|config\.json\.ropekit-orig)\.[a-z0-9_]{8}\.tmp",
-                            temp.name), temp.name
-        assert temp.read_bytes() in (original, patched, receipt)
-    assert files.stale_temp_files(folder) == sorted(temp_files(folder))
-    assert {p.name for p in folder.iterdir() if not p.name.startswith(".")} <= \
-        {CONFIG, BACKUP_FILENAME, RECEIPT_FILENAME, "tokenizer_config.json"}
-
-
-def assert_recovers(folder: Path, original_listing: dict[str, bytes]) -> None:
-    """Revert (or, with nothing to revert, patch + verify + revert) ends at the original folder."""
-    if (folder / BACKUP_FILENAME).exists():
-        files.revert_folder(folder)
-    else:
-        with pytest.raises(InvalidConfigError, match="nothing to revert"):
-            files.revert_folder(folder)
-        assert {k: v for k, v in listing(folder).items() if not k.startswith(".")} == original_listing
-        files.patch_folder(resolve(folder), YARN4, in_place=True)  # also clears what a kill left
-        assert not temp_files(folder)
-        files.verify_folder(folder)
-        files.revert_folder(folder)
-    assert listing(folder) == original_listing
-
-
-@pytest.mark.parametrize("step", PATCH_STEPS)
-def test_patch_in_place_killed_at_every_step(model, step):
-    folder, original, patched, receipt = model
-    before = listing(folder)
-    kill_at(step, "patch", str(folder), *PATCH_ARGS, "--in-place")
-
-    done = PATCH_STEPS[: PATCH_STEPS.index(step) + 1]
-    config_replaced = f"replaced:{CONFIG}" in done
-    assert (folder / CONFIG).read_bytes() == (patched if config_replaced else original)
-    assert (folder / BACKUP_FILENAME).exists() == (f"replaced:{BACKUP_FILENAME}" in done)
-    assert (folder / RECEIPT_FILENAME).exists() == (f"replaced:{RECEIPT_FILENAME}" in done)
-    assert bool(temp_files(folder)) == step.startswith("written:")
-    assert_whole(folder, original, patched, receipt)
-    if (folder / RECEIPT_FILENAME).exists():
-        assert files.verify_folder(folder).ok  # the patch completed: the folder verifies
-    assert_recovers(folder, before)
+@pytest.mark.parametrize("step", OUT_STEPS)
+def test_cli_patch_out_killed_at_each_step(model, tmp_path, step):
+    out = tmp_path / "out"
+    kill_at(step, "patch", str(model), *PATCH_ARGS, "--out", str(out))
+    committed = OUT_STEPS.index(step) >= OUT_STEPS.index("committed")
+    assert state_after(out) == ("patched" if committed else "original")
+    assert sorted(listing(out)) == ([CONFIG, RECEIPT_FILENAME, "tokenizer_config.json"] if committed else [])
+    files.patch_folder(resolve(model), LINEAR2, out=out, companions_from=model)  # the folder takes a new patch
+    assert files.verify_folder(out).ok
 
 
 @pytest.mark.parametrize("step", REVERT_STEPS)
-def test_revert_killed_at_every_step(model, step):
-    folder, original, patched, receipt = model
-    before = listing(folder)
-    files.patch_folder(resolve(folder), YARN4, in_place=True)
-    kill_at(step, "revert", str(folder))
-
-    done = REVERT_STEPS[: REVERT_STEPS.index(step) + 1]
-    restored = f"replaced:{CONFIG}" in done
-    assert (folder / CONFIG).read_bytes() == (original if restored else patched)
-    assert (folder / RECEIPT_FILENAME).exists() == (f"removed:{RECEIPT_FILENAME}" not in done)
-    assert (folder / BACKUP_FILENAME).exists() == (f"removed:{BACKUP_FILENAME}" not in done)
-    assert bool(temp_files(folder)) == (step == f"written:{CONFIG}")
-    assert_whole(folder, original, patched, receipt)
-    if not restored:  # killed before the rename: the patched folder still verifies, its temp file ignored
-        assert files.verify_folder(folder).ok
-    elif (folder / RECEIPT_FILENAME).exists():  # half reverted: verify says so instead of passing
-        with pytest.raises(ReceiptMismatchError):
-            files.verify_folder(folder)
-    if (folder / BACKUP_FILENAME).exists():
-        files.revert_folder(folder)  # running revert again finishes the job
-    assert listing(folder) == before
+def test_cli_revert_killed_at_each_step(model, step):
+    before = listing(model)
+    files.patch_folder(resolve(model), YARN4, in_place=True)
+    patched = listing(model)
+    kill_at(step, "revert", str(model))
+    committed = REVERT_STEPS.index(step) >= REVERT_STEPS.index("committed")
+    assert state_after(model) == ("original" if committed else "patched")
+    assert listing(model) == (before if committed else patched)
 
 
 def test_pause_hook_is_read_at_call_time_and_inert_for_other_steps(model, monkeypatch):
     """An unrelated step name changes nothing; the variable is read at each step, not at import."""
-    folder, original, patched, _ = model
-    monkeypatch.setenv(files.PAUSE_ENV, "written:some-other-file")
-    slept = []
-    monkeypatch.setattr(files.time, "sleep", slept.append)
-    files.patch_folder(resolve(folder), YARN4, in_place=True)
-    assert slept == []
-    assert (folder / CONFIG).read_bytes() == patched
-    files.revert_folder(folder)
-    assert (folder / CONFIG).read_bytes() == original
+    from ropekit.folders import atomic
+
+    before = listing(model)
+    monkeypatch.setenv(files.PAUSE_ENV, "staged:some-other-file")
+    slept: list[float] = []
+    monkeypatch.setattr(atomic.time, "sleep", slept.append)
+    files.patch_folder(resolve(model), YARN4, in_place=True)
+    files.revert_folder(model)
+    assert slept == [] and listing(model) == before
+
+
+# --- every file-system call a kill point (forked children) ----------------------------------
+
+def run_killed(action: Callable[[], object], n: int, *, may_fail: bool = False) -> bool:
+    """Run ``action`` in a forked child that SIGKILLs itself before its ``n``-th file-system call.
+
+    Returns True when it was killed, False when it finished first (raising only if ``may_fail``).
+    """
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        code = 0
+        try:
+            calls = [0]
+
+            def counted(real: Callable[..., object]) -> Callable[..., object]:
+                def call(*args: object, **kwargs: object) -> object:
+                    calls[0] += 1
+                    if calls[0] == n:
+                        os.kill(os.getpid(), signal.SIGKILL)
+                    return real(*args, **kwargs)
+                return call
+
+            for name in FS_CALLS:
+                setattr(os, name, counted(getattr(os, name)))
+            action()
+        except BaseException:
+            code = 1
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    if os.WIFSIGNALED(status):
+        assert os.WTERMSIG(status) == signal.SIGKILL
+        return True
+    assert may_fail or os.WEXITSTATUS(status) == 0, "the child failed without being killed"
+    return False
+
+
+def kill_everywhere(action: Callable[[], object], check: Callable[[], None], folder: Path) -> int:
+    """Kill ``action`` before each of its file-system calls in turn, then ``check()`` the folder.
+
+    Before each check the repair (a ``verify``) is killed too, at one of its first calls, so
+    that the command after a killed repair must still repair. Returns the number of kills.
+    """
+    kills = 0
+    for n in range(1, 1000):
+        if not run_killed(action, n):
+            return kills
+        kills += 1
+        if folder.exists():
+            kills += run_killed(lambda: files.verify_folder(folder), n % 7 + 1, may_fail=True)
+        check()
+    raise AssertionError("the action never finished")
+
+
+def test_every_kill_of_in_place_patch_and_revert_ends_original_or_patched(model):
+    before = listing(model)
+    resolved = resolve(model)
+    files.patch_folder(resolved, YARN4, in_place=True)
+    patched = listing(model)
+    files.revert_folder(model)
+    seen: set[str] = set()
+
+    def check_patch() -> None:
+        seen.add(state := state_after(model))
+        assert listing(model) == (patched if state == "patched" else before)
+        if state == "patched":
+            files.revert_folder(model)
+            assert listing(model) == before
+
+    def check_revert() -> None:
+        seen.add(state := state_after(model))
+        assert listing(model) == (patched if state == "patched" else before)
+        if state == "original":
+            files.patch_folder(resolved, YARN4, in_place=True)
+
+    kills = kill_everywhere(lambda: files.patch_folder(resolved, YARN4, in_place=True), check_patch, model)
+    assert listing(model) == patched
+    kills += kill_everywhere(lambda: files.revert_folder(model), check_revert, model)
+    assert listing(model) == before
+    assert seen == {"original", "patched"} and kills >= 100, kills
+
+
+def test_every_kill_of_patch_out_ends_original_or_patched(model, tmp_path):
+    """A new output folder, and a second patch over an earlier output, killed at every call."""
+    resolved = resolve(model)
+    reference = tmp_path / "reference"
+    files.patch_folder(resolved, YARN4, out=reference, companions_from=model)
+    new = listing(reference)
+    files.patch_folder(resolved, LINEAR2, out=reference, companions_from=model)
+    old = listing(reference)
+    out = tmp_path / "out"
+
+    def into_new() -> None:
+        state = state_after(out) if out.exists() else "original"
+        assert listing(out) == (new if state == "patched" else {})
+        shutil.rmtree(out, ignore_errors=True)
+
+    def over_earlier() -> None:
+        state = state_after(out)
+        assert listing(out) == (new if listing(out)[CONFIG] == new[CONFIG] else old), state
+        assert state == "patched"  # the earlier output, or the new one: never neither
+        shutil.rmtree(out)
+        files.patch_folder(resolved, LINEAR2, out=out, companions_from=model)
+
+    patch = lambda: files.patch_folder(resolved, YARN4, out=out, companions_from=model)  # noqa: E731
+    kills = kill_everywhere(patch, into_new, out)
+    assert listing(out) == new
+    shutil.rmtree(out)
+    files.patch_folder(resolved, LINEAR2, out=out, companions_from=model)
+    kills += kill_everywhere(patch, over_earlier, out)
+    assert listing(out) == new
+    assert kills >= 100, kills  # 200 or more SIGKILLs with the in-place test

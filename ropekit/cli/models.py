@@ -249,8 +249,9 @@ def patch_command(model: str, request: LongContextConfig, out: Path | None, in_p
 
     With --out DIR, DIR gets config.json, rope_receipt.json and, for a local model
     folder, its small non-weight files (tokenizer, generation config); weights are
-    never copied: link them into DIR yourself. With --in-place the original
-    config.json is kept as config.json.ropekit-orig for 'ropekit revert'.
+    never copied: link them into DIR yourself. DIR must be new, empty or an earlier
+    ropekit output. With --in-place the original config.json is kept as
+    config.json.ropekit-orig for 'ropekit revert' (never inside the Hugging Face cache).
 
     \b
     Example:
@@ -278,6 +279,7 @@ def patch_command(model: str, request: LongContextConfig, out: Path | None, in_p
         con.print(f"copied: {', '.join(result.copied)}")
     if result.skipped:
         con.print(f"not copied: {', '.join(result.skipped)}")
+    render.warn_lines(con, (f"not copied: {item}" for item in result.refused))
     if any(item.endswith("(weights)") for item in result.skipped):
         con.print(f"weights are never copied; link them: ln -s {Path(model).resolve()}/*.safetensors "
                   f"{result.folder.resolve()}/")
