@@ -28,6 +28,7 @@ from typing import Any
 
 from ropekit.errors import InvalidConfigError
 from ropekit.scaling.config_view import LEGACY, PARAMETERS, ConfigView, RopeSite
+from ropekit.scaling.transformers_support import quiet_transformers
 
 #: keys ``save_pretrained`` (or a trainer loading the model) rewrites that do not touch rope,
 #: at the top level and in sub-configs
@@ -230,7 +231,8 @@ def read_as_transformers(data: dict[str, Any], without: str | None = None) -> An
     try:
         from transformers import AutoConfig
 
-        return AutoConfig.for_model(**data)
+        with quiet_transformers():
+            return AutoConfig.for_model(**data)
     except (ImportError, ValueError, KeyError, TypeError):  # no transformers, or a type it does not know
         return None
 

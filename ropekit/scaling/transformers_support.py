@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
+import warnings
+from collections.abc import Iterator
 from typing import Any
 
 from ropekit import constants
@@ -11,6 +15,26 @@ from ropekit.errors import TransformersVersionError
 
 def transformers_version() -> str | None:
     return constants.dist_version("transformers")
+
+
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """Hold back transformers' log lines and Python warnings while ropekit reads configs with it.
+
+    ropekit builds config objects to compare or fill values; what transformers says about a
+    config on the way (a YaRN factor it finds odd, an unknown key) is not the user's business
+    there. Imports transformers: call only where it is needed anyway.
+    """
+    from transformers.utils import logging as hf_logging
+
+    previous = hf_logging.get_verbosity()
+    hf_logging.set_verbosity(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        hf_logging.set_verbosity(previous)
 
 
 def _version_tuple(version: str) -> tuple[int, int, int]:

@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import functools
 import json
-import logging
-import warnings
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
 from ropekit.errors import InvalidConfigError
+from ropekit.scaling.transformers_support import quiet_transformers
 
 #: sub-configs that hold a VLM's language model, in the order they are tried
 TEXT_CONFIG_KEYS = ("text_config", "llm_config", "language_config")
@@ -240,20 +239,14 @@ def _with_transformers_defaults(model_type: str, text: dict[str, Any]) -> tuple[
     """The config with values it omits filled from transformers' config class, and which ones."""
     try:
         from transformers import AutoConfig
-        from transformers.utils import logging as hf_logging
     except ImportError:
         return dict(text), {}, None
     kwargs = {k: v for k, v in text.items() if k not in _ROPE_KEYS and k != "model_type"}
-    previous = hf_logging.get_verbosity()
-    hf_logging.set_verbosity(logging.ERROR)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with quiet_transformers():
             full = AutoConfig.for_model(model_type, **kwargs).to_dict()
     except Exception:  # an unknown model_type or a config transformers rejects: read the file as it is
         return dict(text), {}, None
-    finally:
-        hf_logging.set_verbosity(previous)
     filled = {k: v for k, v in full.items() if k not in text and v is not None and k in STRUCTURAL_KEYS}
     source = f"transformers {_transformers_version()} {model_type} config defaults"
     return {**filled, **text}, filled, source
