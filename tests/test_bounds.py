@@ -166,3 +166,18 @@ def test_the_python_api_raises_ropekit_errors_for_overflow():
         plan_config(config, LongContextConfig(factor=2**31, allow_unstable=True))
     with pytest.raises(InvalidConfigError, match="max_position_embeddings"):
         plan_config({**config, "max_position_embeddings": 1e308}, LongContextConfig(factor=4))
+
+
+@pytest.mark.parametrize("key", ["rope_theta", "max_position_embeddings", "head_dim", "model_type"])
+def test_a_300000_element_value_gives_a_short_message_that_keeps_its_fix(key):
+    from ropekit.errors import MAX_MESSAGE_CHARS, RopekitError
+
+    config = {**load_fixture(LLAMA3), key: list(range(300_000))}
+    with pytest.raises(RopekitError) as caught:
+        plan_config(config, LongContextConfig(factor=4))
+    message = str(caught.value)
+    assert len(message) <= MAX_MESSAGE_CHARS + 40 and "characters elided" in message
+    assert message.startswith(("rope_theta is [0, 1", "max_position_embeddings is [0, 1", "head_dim is [0, 1",
+                               "config has no model_type"))
+    assert message.endswith(("fix the config.json", "NAME"))
+    assert len(caught.value.render(str)) == len(message)
