@@ -209,6 +209,12 @@ def _receipt_problems(receipt: Any, family: Any, view: ConfigView, primary: Rope
     """
     rope = family.rope(view, primary)
     problems = []
+    recorded = _recorded_container(receipt)
+    if recorded is not None and recorded != primary.path:
+        where = ".".join(recorded) or "the top level"
+        problems.append(f"the receipt scaled the rope settings at {where}, but transformers builds the language "
+                        f"model's rotary from {'.'.join(primary.path) or 'the top level'}, which the patch never "
+                        "touched; re-patch from the model's original config.json")
     for change in receipt["changes"]:
         path = list(change["path"])
         if path[: len(primary.path)] != list(primary.path):
@@ -228,6 +234,18 @@ def _receipt_problems(receipt: Any, family: Any, view: ConfigView, primary: Rope
         if not same_value(found, wanted, rel_tol=1e-9):
             problems.append(f"the config the model holds has {key} = {found!r}, the receipt says {wanted!r}")
     return problems
+
+
+def _recorded_container(receipt: Any) -> tuple[str, ...] | None:
+    """The container of the language model's rope site the receipt recorded (its last site), if readable."""
+    sites = receipt.get("sites") if hasattr(receipt, "get") else None
+    if not isinstance(sites, list) or not sites or not isinstance(sites[-1], str):
+        return None
+    parts = sites[-1].split(".")
+    for i, part in enumerate(parts):
+        if part in (LEGACY, PARAMETERS):
+            return tuple(parts[:i])
+    return None
 
 
 def _check_module(name: str, module: Any, view: ConfigView, family: Any, primary: RopeSite,
