@@ -191,3 +191,15 @@ class TransformersCannotBuildError(RopekitError):
     """The installed transformers cannot build this model at all (its unpatched config fails too)."""
 
     exit_code = 4
+
+
+# --- signing receipts (ropekit.signing) -----------------------------------------------------
+
+class SigningKeyError(RopekitError, ValueError):
+    """A signing key cannot be read, or is too short to sign with."""
+
+    exit_code = 4
+
+
+class SignatureError(VerificationError):
+    """A receipt's signature is missing, made with another key, or does not match its manifest."""
