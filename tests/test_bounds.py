@@ -54,6 +54,10 @@ CONFIG_CASES = {
     "partial_rotary_factor-1e308": ({"partial_rotary_factor": 1e308}, ("partial_rotary_factor", "65536")),
     "max_position_embeddings-1e308": ({"max_position_embeddings": 1e308},
                                       ("max_position_embeddings is 1e+308", "2**31")),
+    "linear-factor-1e-310": ({"rope_scaling": {"rope_type": "linear", "factor": 1e-310}},
+                             ("max_position_embeddings / rope_scaling.factor is Infinity",)),
+    "dynamic-factor-1e308": ({"rope_scaling": {"rope_type": "dynamic", "factor": 1e308}},
+                             ("rope_scaling.factor x max_position_embeddings", "Infinity")),
 }
 
 

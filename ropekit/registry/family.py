@@ -239,7 +239,9 @@ class Family:
         if rope["rope_type"] == "linear" and rope.get("factor") is not None:
             # linear PI stretches the window: max_position_embeddings = factor x original
             factor = positive_float(rope["factor"], f"{site.label}.factor")
-            return max(1, int(round(self.max_position_embeddings(view, site) / factor)))
+            implied = self.max_position_embeddings(view, site) / factor
+            return bounds.window(max(1, round(implied)) if math.isfinite(implied) else implied,
+                                 f"max_position_embeddings / {site.label}.factor")
         return None
 
     def shipped_scaling(self, view: ConfigView, site: RopeSite) -> ShippedScaling | None:
