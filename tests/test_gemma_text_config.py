@@ -71,5 +71,5 @@ def test_landing_fails_a_receipt_that_scaled_a_site_transformers_does_not_read(t
 
     report = verify_landing(tmp_path / "out")
     assert not report.landed  # ...but transformers builds plain RoPE from text_config defaults
-    assert "the receipt scaled the rope settings at the top level" in report.first_problem()
-    assert "text_config" in report.first_problem()
+    problem = report.first_problem()
+    assert "holds rope_type 'default' at text_config" in problem and "receipt promises linear x2.0" in problem

@@ -65,9 +65,9 @@ def rotary_dim(value: Any, who: str) -> int:
     """
     if isinstance(value, int) and not isinstance(value, bool) and 0 < value <= MAX_ROTARY_DIM:
         return value
-    raise InvalidConfigError(f"{who} gives a rotary dimension of {_short(value)}, over ropekit's limit of "
-                             f"{MAX_ROTARY_DIM} (real models rotate 32 to 512 dimensions per head); fix head_dim "
-                             "or partial_rotary_factor in the config.json, or report the family's plugin")
+    raise InvalidConfigError(f"{who} gives a rotary dimension of {_short(value)}; expected an integer from 1 to "
+                             f"ropekit's limit of {MAX_ROTARY_DIM} (real models rotate 32 to 512 dimensions per head); "
+                             "fix head_dim or partial_rotary_factor in the config.json, or report the family's plugin")
 
 
 def reached_window(factor: float, original: int, name: str = "factor") -> int:
