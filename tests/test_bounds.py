@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from conftest import FIXTURES, load_fixture
 
-from ropekit import LongContextConfig
+from ropekit import LongContextConfig, apply_rope_scaling
 from ropekit.errors import InvalidConfigError, InvalidRequestError
 from ropekit.scaling import bounds
 from ropekit.scaling.engine import plan_config
@@ -170,6 +170,10 @@ def test_the_python_api_raises_ropekit_errors_for_overflow():
         plan_config(config, LongContextConfig(factor=2**31, allow_unstable=True))
     with pytest.raises(InvalidConfigError, match="max_position_embeddings"):
         plan_config({**config, "max_position_embeddings": 1e308}, LongContextConfig(factor=4))
+    hostile = {**config, "max_position_embeddings": 1e308}
+    with pytest.raises(InvalidConfigError, match="max_position_embeddings is 1e\\+308"):
+        apply_rope_scaling(hostile, LongContextConfig(factor=4))
+    assert hostile == {**load_fixture(LLAMA3), "max_position_embeddings": 1e308}  # left as it was
 
 
 @pytest.mark.parametrize("key", ["rope_theta", "max_position_embeddings", "head_dim", "model_type"])
