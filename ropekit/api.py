@@ -10,6 +10,7 @@ from ropekit.hub.resolve import ResolvedConfig
 from ropekit.receipt import Receipt
 from ropekit.scaling.engine import Plan, apply_config, plan_config
 from ropekit.scaling.long_context import LongContextConfig
+from ropekit.signing import checked_key, sign_receipt
 
 
 def resolve(ref: str | Path, revision: str | None = None, *, lineage: bool = True) -> ResolvedConfig:
@@ -35,21 +36,26 @@ def plan(target: Any, request: LongContextConfig, *, family: str | None = None,
     return plan_config(target.config if is_live_model(target) else target, request, family=family)
 
 
-def apply_rope_scaling(target: Any, request: LongContextConfig, *, family: str | None = None) -> Receipt:
+def apply_rope_scaling(target: Any, request: LongContextConfig, *, family: str | None = None,
+                       sign_key: bytes | str | None = None) -> Receipt:
     """Apply RoPE scaling in place to a config dict, a transformers config, or a live model.
 
     For a live model the language tower's rotary modules are rebuilt from the patched
     config (patching the config alone changes nothing), modules that depend on rope
     settings are refreshed, and the landing is verified and recorded in the receipt.
     On any refusal or error the target is left exactly as it was.
+
+    :param sign_key: sign the receipt with this key (HMAC-SHA256 over its manifest; see
+        :mod:`ropekit.signing`); check it with ``verify_receipt(..., sign_key=...)``.
     """
     from ropekit.landing.live import is_live_model, patch_model
 
+    key = checked_key(sign_key) if sign_key is not None else None  # a bad key changes nothing
     if is_live_model(target):
         _, receipt = patch_model(target, request, family=family)
-        return receipt
-    _, receipt = apply_config(target, request, family=family)
-    return receipt
+    else:
+        _, receipt = apply_config(target, request, family=family)
+    return sign_receipt(receipt, key) if key is not None else receipt
 
 
 def load_model(ref: str | Path, request: LongContextConfig, *, revision: str | None = None,

@@ -19,6 +19,20 @@ from typing import Any, Callable
 _NO_VALUE: Any = object()
 
 
+#: longest error message: a value quoted from a hostile file (a 300,000-element list) is
+#: elided in the middle, so the message keeps its start (what is wrong) and its end (the fix)
+MAX_MESSAGE_CHARS = 1200
+_KEEP_HEAD, _KEEP_TAIL = 800, 300
+
+
+def bounded(message: str) -> str:
+    """``message`` cut to at most about :data:`MAX_MESSAGE_CHARS` characters, its middle elided."""
+    if len(message) <= MAX_MESSAGE_CHARS:
+        return message
+    elided = len(message) - _KEEP_HEAD - _KEEP_TAIL
+    return f"{message[:_KEEP_HEAD]} [...{elided} characters elided...] {message[-_KEEP_TAIL:]}"
+
+
 class Param:
     """A parameter of the Python API named in an error message.
 
@@ -60,7 +74,7 @@ class RopekitError(Exception):
 
     def __init__(self, *parts: Any) -> None:
         self.parts: tuple[Any, ...] = parts
-        super().__init__(*(("".join(str(part) for part in parts),) if parts else ()))
+        super().__init__(*((bounded("".join(str(part) for part in parts)),) if parts else ()))
 
     def __str__(self) -> str:  # KeyError would otherwise quote the message
         return str(self.args[0]) if self.args else self.__class__.__name__
@@ -69,7 +83,7 @@ class RopekitError(Exception):
         """The message with every :class:`Param` spelled by ``name`` (the command line's flags)."""
         if not any(isinstance(part, Param) for part in self.parts):
             return str(self)
-        return "".join(name(part) if isinstance(part, Param) else str(part) for part in self.parts)
+        return bounded("".join(name(part) if isinstance(part, Param) else str(part) for part in self.parts))
 
     @property
     def params(self) -> tuple[Param, ...]:
@@ -197,3 +211,15 @@ class FileAccessError(RopekitError, OSError):
 
 class FolderInUseError(FileAccessError):
     """Another ropekit process holds the folder's lock beyond ``ROPEKIT_LOCK_TIMEOUT`` seconds."""
+
+
+# --- signing receipts (ropekit.signing) -----------------------------------------------------
+
+class SigningKeyError(RopekitError, ValueError):
+    """A signing key cannot be read, or is too short to sign with."""
+
+    exit_code = 4
+
+
+class SignatureError(VerificationError):
+    """A receipt's signature is missing, made with another key, or does not match its manifest."""

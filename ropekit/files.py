@@ -118,11 +118,12 @@ class PatchResult:
 
 def patch_folder(resolved: ResolvedConfig, request: LongContextConfig, *, out: Path | None = None,
                  in_place: bool = False, family: str | None = None,
-                 companions_from: Path | None = None) -> PatchResult:
+                 companions_from: Path | None = None, sign_key: bytes | str | None = None) -> PatchResult:
     """Patch a resolved config into ``out`` or in place; nothing is written unless the plan succeeds.
 
     :param companions_from: a local model folder whose small non-weight files
         (tokenizer, generation config, chat template) are copied into ``out``.
+    :param sign_key: sign the receipt with this key (see :mod:`ropekit.signing`).
     """
     if (out is None) == (not in_place):
         raise InvalidRequestError("give exactly one of out=DIR or in_place=True (--out DIR or --in-place)")
@@ -142,6 +143,10 @@ def patch_folder(resolved: ResolvedConfig, request: LongContextConfig, *, out: P
              "backup": BACKUP_FILENAME if in_place else None}
     receipt = receipt.with_fields(model={**receipt["model"], "file_sha256_after": sha256_hex(patched)},
                                   files=layout)
+    if sign_key is not None:
+        from ropekit.signing import sign_receipt
+
+        receipt = sign_receipt(receipt, sign_key)
     result = PatchResult(plan, receipt, folder, in_place, folder / CONFIG_FILENAME, folder / RECEIPT_FILENAME)
     if in_place:
         with file_access("write to", folder), folder_lock(folder):

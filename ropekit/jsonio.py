@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import stat
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,11 @@ MAX_JSON_DEPTH = 64
 MAX_JSON_CONTAINERS = 100_000
 _MIB = 1024 * 1024
 _BOM = b"\xef\xbb\xbf"
+#: an escape that may make a lone UTF-16 surrogate, and such a surrogate in a parsed string
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+#: a JSON string with its escapes (the unrolled form: linear time, no backtracking)
+_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
 
 
 def read_bounded(path: Path, *, limit: int = MAX_JSON_BYTES, kind: str = "config.json") -> bytes:
@@ -80,10 +86,10 @@ def parse_json(raw: bytes | str, where: str, fix: str) -> Any:
     only where ropekit reads a number (rope settings, windows, dimensions), which checks them.
     """
     text = _decode(raw, where, fix)
-    containers = text.count("{") + text.count("[")  # an upper bound: brackets in strings count too
+    containers = count_containers(text)
     if containers > MAX_JSON_CONTAINERS:
         raise InvalidConfigError(f"{where} holds over {MAX_JSON_CONTAINERS} JSON objects and arrays ({containers} "
-                                 "'{' and '[' characters; a Hugging Face config holds a few dozen); " + fix)
+                                 "'{' and '[' outside strings; a Hugging Face config holds a few dozen); " + fix)
     duplicates: dict[int, str] = {}  # id of an object -> a key it repeats (named with its path later)
 
     def pairs_hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -103,7 +109,44 @@ def parse_json(raw: bytes | str, where: str, fix: str) -> Any:
         raise InvalidConfigError(f"{where} holds a number Python cannot read ({str(exc).splitlines()[0]}); "
                                  f"{fix}") from None
     _check_tree(value, where, fix, duplicates, containers)
+    if _SURROGATE_ESCAPE.search(text):  # only an escape can make one: UTF-8 text cannot hold a surrogate
+        _check_surrogates(value, where, fix)
     return value
+
+
+def _check_surrogates(value: Any, where: str, fix: str) -> None:
+    """Refuse a lone UTF-16 surrogate (``"\\ud800"``) in any key or string: it cannot be written back as UTF-8."""
+    stack: list[tuple[Any, tuple[str | int, ...]]] = [(value, ())]
+    while stack:
+        node, path = stack.pop()
+        if type(node) is dict:
+            for key, child in node.items():
+                if _SURROGATE.search(key):
+                    _surrogate_error(where, fix, (*path, key), key)
+                stack.append((child, (*path, key)))
+        elif type(node) is list:
+            stack.extend((child, (*path, i)) for i, child in enumerate(node))
+        elif type(node) is str and _SURROGATE.search(node):
+            _surrogate_error(where, fix, path, node)
+
+
+def _surrogate_error(where: str, fix: str, path: tuple[str | int, ...], text: str) -> None:
+    found = _SURROGATE.search(text)
+    code = f"\\u{ord(found.group()):04x}" if found else "a surrogate"
+    raise InvalidConfigError(f"{where} holds a lone UTF-16 surrogate {code} at {json_path(path)[:120]}, which is "
+                             "not a character and cannot be written back as UTF-8 (the patched config.json and "
+                             f"its receipt could not be saved); replace the escape with the character meant; {fix}")
+
+
+def count_containers(text: str) -> int:
+    """The '{' and '[' outside JSON strings: an upper bound on the objects and arrays ``text`` parses to.
+
+    Brackets inside strings (a 200,000-character string of '{' is a valid value) do not count;
+    one C-speed regex pass removes the strings first (an unterminated string stays, and its
+    brackets count: such a text is not JSON anyway).
+    """
+    outside = _STRING.sub("", text)
+    return outside.count("{") + outside.count("[")
 
 
 def _decode(raw: bytes | str, where: str, fix: str) -> str:

@@ -30,6 +30,7 @@ from ropekit.config_match import (
 from ropekit.errors import InvalidConfigError, ReceiptMismatchError, ResolutionError
 from ropekit.jsonio import json_path, nonfinite_path, parse_json, read_bounded
 from ropekit.scaling.config_view import ConfigView, is_missing
+from ropekit.signing import SIGNATURE_FIELD, verify_signature
 
 SCHEMA = "ropekit.receipt/1"
 
@@ -147,7 +148,8 @@ class Receipt(Mapping[str, Any]):
         return str(self._data["manifest_sha256"])
 
     def compute_manifest(self) -> str:
-        return sha256_hex(canonical_json({k: v for k, v in self._data.items() if k != "manifest_sha256"}))
+        return sha256_hex(canonical_json({k: v for k, v in self._data.items()
+                                          if k not in ("manifest_sha256", SIGNATURE_FIELD)}))
 
     def tampered_field(self) -> str | None:
         """The field edited since the receipt was sealed, if any (``None`` when intact).
@@ -169,6 +171,10 @@ class Receipt(Mapping[str, Any]):
         if not values_intact:
             return "manifest_sha256"
         return None
+
+    def signed(self, signature: dict[str, str]) -> "Receipt":
+        """This receipt with ``signature`` as its signature seal (see :func:`ropekit.signing.sign_receipt`)."""
+        return _as_loaded({**self._data, SIGNATURE_FIELD: copy.deepcopy(signature)})
 
     def with_fields(self, **fields: Any) -> "Receipt":
         """A new receipt with fields replaced and the seals recomputed."""
@@ -223,7 +229,7 @@ class Receipt(Mapping[str, Any]):
         return f"<Receipt {lc.get('method')} x{lc.get('factor')} manifest={self.manifest_sha256[:12]}>"
 
 
-_SEALS = ("fields_sha256", "manifest_sha256")
+_SEALS = ("fields_sha256", "manifest_sha256", SIGNATURE_FIELD)
 
 
 def field_hashes(body: dict[str, Any], canonical: Any = canonical_json) -> dict[str, str]:
@@ -247,7 +253,8 @@ def _as_loaded(data: dict[str, Any]) -> Receipt:
     return receipt
 
 
-def verify_receipt(receipt: Receipt | dict[str, Any], config: Any) -> Receipt:
+def verify_receipt(receipt: Receipt | dict[str, Any], config: Any, *,
+                   sign_key: bytes | str | None = None) -> Receipt:
     """Check a receipt against a config; return it, or raise naming the first difference.
 
     Raises :class:`ReceiptMismatchError` when a receipt field was edited (naming it),
@@ -260,6 +267,11 @@ def verify_receipt(receipt: Receipt | dict[str, Any], config: Any) -> Receipt:
     touching rope is not an edit (see :mod:`ropekit.config_match`).
     Raises :class:`InvalidConfigError` for a receipt whose seals hold but whose
     fields verify cannot read (written by another schema or by hand).
+
+    :param sign_key: the key the receipt was signed with (see :mod:`ropekit.signing`):
+        a missing or non-matching signature raises :class:`SignatureError`. Without a
+        key, the hashes prove integrity against accidents only, not against someone who
+        can rewrite both files.
     """
     if isinstance(receipt, dict):
         receipt = _as_loaded(receipt)
@@ -269,6 +281,8 @@ def verify_receipt(receipt: Receipt | dict[str, Any], config: Any) -> Receipt:
             f"receipt field {field!r} was edited after the receipt was written; "
             "re-run the patch to regenerate it"
         )
+    if sign_key is not None:
+        verify_signature(receipt, sign_key)
     _check_readable(receipt)
     view = config if isinstance(config, ConfigView) else ConfigView(config)
     recorded_rope = receipt.get("rope_values")

@@ -29,6 +29,7 @@ FLAGS: dict[str, str] = {
     "original_max_position_embeddings": "--original-max",
     "out": "--out",
     "revision": "--revision",
+    "sign_key": "--sign-key",
     "target_context": "--target-context",
 }
 

@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterator
 
 import click
 
-from ropekit import files
+from ropekit import files, signing
 from ropekit.api import resolve
 from ropekit.cli import emit_json, progress, render
 from ropekit.constants import RECEIPT_FILENAME
@@ -32,6 +32,15 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON f
 family_option = click.option("--family", metavar="NAME",
                              help="Use this family instead of the one model_type selects.")
 revision_option = click.option("--revision", metavar="REV", help="Hub revision (branch, tag or commit).")
+sign_key_option = click.option(
+    "--sign-key", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
+    help="A file holding a secret key (default: env ROPEKIT_SIGN_KEY, the key itself): patch signs the "
+         "receipt with it (HMAC-SHA256), verify checks the signature.")
+
+
+def read_sign_key(path: Path | None) -> bytes | None:
+    """The key from ``--sign-key FILE``, else ``ROPEKIT_SIGN_KEY``, else None."""
+    return signing.read_key(path) if path is not None else signing.key_from_env()
 
 
 def scaling_options(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -242,9 +251,10 @@ def plan_command(model: str, request: LongContextConfig, family: str | None, rev
 @click.option("--in-place", is_flag=True, help="Patch the model folder itself (the original is kept for revert).")
 @family_option
 @revision_option
+@sign_key_option
 @json_option
 def patch_command(model: str, request: LongContextConfig, out: Path | None, in_place: bool, family: str | None,
-          revision: str | None, as_json: bool) -> None:
+          revision: str | None, sign_key: Path | None, as_json: bool) -> None:
     """Write the patched config.json and rope_receipt.json, atomically.
 
     With --out DIR, DIR gets config.json, rope_receipt.json and, for a local model
@@ -260,19 +270,21 @@ def patch_command(model: str, request: LongContextConfig, out: Path | None, in_p
     """
     if (out is None) == (not in_place):
         raise click.UsageError("give exactly one of --out DIR or --in-place")
+    key = read_sign_key(sign_key)  # read before anything is resolved or written
     resolved = resolve(model, revision=revision)
     companions = resolved.path.parent if (out is not None and resolved.source == "local"
                                           and resolved.path is not None and Path(model).is_dir()) else None
     result = files.patch_folder(resolved, request, out=out, in_place=in_place, family=family,
-                                companions_from=companions)
+                                companions_from=companions, sign_key=key)
     if as_json:
         emit_json({**result.to_json(), "model": source_json(resolved)})
         return
     con = render.console()
     model_header(con, resolved)
     print_plan(con, result.plan)
-    con.print(f"wrote {result.config_path} and {result.receipt_path} "
-              f"(manifest {result.receipt.manifest_sha256[:16]})", style="green")
+    status = signing.signature_status(result.receipt)
+    con.print(f"wrote {result.config_path} and {result.receipt_path} (manifest "
+              f"{result.receipt.manifest_sha256[:16]}{'' if status == 'unsigned' else ', ' + status})", style="green")
     if result.backup_path:
         con.print(f"original kept as {result.backup_path}; undo with: ropekit revert {result.folder}")
     if result.copied:
@@ -295,8 +307,9 @@ def patch_command(model: str, request: LongContextConfig, out: Path | None, in_p
                    "compare them with the closed form.")
 @click.option("--family", metavar="NAME",
               help="Read the config with this family (default: the one the receipt recorded).")
+@sign_key_option
 @json_option
-def verify_command(folder: Path, landing: bool, family: str | None, as_json: bool) -> None:
+def verify_command(folder: Path, landing: bool, family: str | None, sign_key: Path | None, as_json: bool) -> None:
     """Check a patched folder's receipt against its config.json.
 
     Exits 0 when they match and 3, naming the first differing key, when they do not.
@@ -312,6 +325,7 @@ def verify_command(folder: Path, landing: bool, family: str | None, as_json: boo
         if as_json:
             emit_json({"folder": str(folder), "ok": False})
         raise
+    result.checks.append(signature_check(result.receipt, read_sign_key(sign_key)))
     report = None
     if landing:
         from ropekit.api import verify_landing
@@ -334,6 +348,17 @@ def verify_command(folder: Path, landing: bool, family: str | None, as_json: boo
                       style="green" if check.ok else "red")
     if report is not None and not report.landed:
         report.raise_if_not_landed()
+
+
+def signature_check(receipt: Any, key: bytes | None) -> files.Check:
+    """The signature line of verify: checked with a key (exit 3 on a mismatch), else said as it is."""
+    if key is not None:
+        return files.Check("signature", True, signing.verify_signature(receipt, key))
+    status = signing.signature_status(receipt)
+    if status == "unsigned":
+        return files.Check("signature", True, "unsigned: the hashes catch accidents, not someone who rewrites "
+                                               "both files (sign with patch --sign-key)")
+    return files.Check("signature", True, f"{status}, not checked (pass --sign-key FILE or set ROPEKIT_SIGN_KEY)")
 
 
 @click.command("revert")

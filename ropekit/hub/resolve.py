@@ -15,6 +15,7 @@ itself on each call. huggingface_hub is imported only when a Hub id is resolved.
 from __future__ import annotations
 
 import functools
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -145,6 +146,54 @@ def hub_resolvable(endpoint: str | None) -> bool:
 
 _RESOLVED: dict[str, bool] = {}
 
+#: seconds the Hub has to answer one request before ropekit treats it as unreachable and
+#: answers from the cache or the bundled catalog (env ROPEKIT_HUB_TIMEOUT, read at each call)
+DEFAULT_HUB_TIMEOUT = 5.0
+
+
+def hub_timeout() -> float:
+    """``ROPEKIT_HUB_TIMEOUT`` in seconds (default :data:`DEFAULT_HUB_TIMEOUT`), read at call time."""
+    raw = os.environ.get("ROPEKIT_HUB_TIMEOUT", "").strip()
+    if not raw:
+        return DEFAULT_HUB_TIMEOUT
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not 0 < value <= 3600:
+        raise ResolutionError(f"ROPEKIT_HUB_TIMEOUT is {shown(raw, 40)}; expected seconds between 0 and 3600 "
+                              f"(default {DEFAULT_HUB_TIMEOUT:g}); fix or unset it")
+    return value
+
+
+def hub_reachable(endpoint: str | None) -> bool:
+    """False when the Hub's name does not resolve or it sends no answer within :func:`hub_timeout`.
+
+    One HEAD request per endpoint and process (any HTTP status counts as an answer);
+    without it, an endpoint that accepts connections and never answers holds
+    huggingface_hub in retries for minutes, logging a line at each.
+    """
+    if not hub_resolvable(endpoint):
+        return False
+    url = endpoint or "https://huggingface.co"
+    timeout = hub_timeout()  # a bad value is named even when the answer is known
+    if url not in _ANSWERED:
+        import http.client
+        import urllib.error
+        import urllib.request
+
+        try:
+            urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout).close()
+            _ANSWERED[url] = True
+        except (urllib.error.HTTPError, http.client.HTTPException, ConnectionResetError):
+            _ANSWERED[url] = True  # an answer, whatever its status, or a server that hung up on the probe
+        except (OSError, ValueError):  # refused, timed out, a malformed endpoint
+            _ANSWERED[url] = False
+    return _ANSWERED[url]
+
+
+_ANSWERED: dict[str, bool] = {}
+
 
 # --- fetching through huggingface_hub ---------------------------------------------------
 def fetch_file(repo_id: str, filename: str, revision: str | None = None) -> Path:
@@ -161,10 +210,11 @@ def fetch_file(repo_id: str, filename: str, revision: str | None = None) -> Path
     offline = constants.hf_hub_offline()
     cache = hub_cache_dir()
     at = f" at revision {revision!r}" if revision else ""
+    check_cache_ref(cache, repo_id, revision)
+    local_only = offline or not hub_reachable(_endpoint())
     try:
         return Path(hf_hub_download(repo_id, filename, revision=revision, cache_dir=cache,
-                                    local_files_only=offline or not hub_resolvable(_endpoint()),
-                                    endpoint=_endpoint()))
+                                    local_files_only=local_only, endpoint=_endpoint()))
     except hf_errors.GatedRepoError:
         raise HubUnavailableError(
             f"Hub repo {repo_id!r} is gated; accept its terms at {_endpoint() or 'https://huggingface.co'}/"
@@ -196,6 +246,28 @@ def fetch_file(repo_id: str, filename: str, revision: str | None = None) -> Path
         raise ResolutionError(f"fetching {filename} of {repo_id!r}{at} failed ({type(exc).__name__}: "
                               f"{str(exc).splitlines()[0] if str(exc) else ''}); check the network and "
                               f"the cache folder {cache} (HF_HUB_CACHE)") from None
+
+
+def check_cache_ref(cache: Path, repo_id: str, revision: str | None) -> None:
+    """Refuse a cache ref file (``refs/main``) that does not hold a commit sha.
+
+    huggingface_hub joins what the file holds onto ``snapshots/``: a ref of ``../../..``
+    would point outside the cache (it raises a bare ValueError).
+    """
+    ref = revision or "main"
+    if _COMMIT.match(ref):
+        return
+    path = cache / "--".join(["models", *repo_id.split("/")]) / "refs" / ref
+    try:
+        with open(path, "rb") as handle:
+            held = handle.read(256)
+    except OSError:  # no such ref cached (or unreadable): huggingface_hub decides
+        return
+    text = held.decode("utf-8", "replace").strip()
+    if not _COMMIT.match(text):
+        raise ResolutionError(f"the Hugging Face cache's ref file {path} holds {shown(text, 60)}, not a 40-character "
+                              f"commit sha (a damaged or tampered cache); delete that file, or the folder "
+                              f"{path.parent.parent}, and download the model again")
 
 
 def _cache_miss(cache: Path, repo_id: str, filename: str, revision: str | None, offline: bool) -> str:
@@ -234,6 +306,17 @@ def _commit_of(snapshot_file: Path) -> str | None:
     return commit.name if _COMMIT.match(commit.name) and commit.parent.name == "snapshots" else None
 
 
+def _check_utf8_path(path: Path) -> None:
+    """Refuse a path that is not UTF-8: the receipt records it as JSON text, which cannot hold it."""
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raw = os.fsencode(str(path))
+        bad = os.fsencode(str(path)[exc.start:exc.end])
+        raise ResolutionError(f"the path {raw!r} is not UTF-8 text (byte {bad!r}), and a receipt records the "
+                              "model's path as JSON text; rename the folder (or file) to a UTF-8 name") from None
+
+
 # --- resolution ---------------------------------------------------------------------------
 def resolve_hub_id(repo_id: str, revision: str | None = None) -> ResolvedConfig:
     """A Hub id's config from the HF cache or Hub, else from the bundled catalog (no lineage)."""
@@ -250,7 +333,7 @@ def resolve_hub_id(repo_id: str, revision: str | None = None) -> ResolvedConfig:
             raise ResolutionError(f"{exc} (the bundled catalog holds {entry.model_id} unpinned: drop "
                                   "the revision to use it)") from None
         return _from_catalog(entry, f"no Hub or cache copy ({exc}); answered from the bundled catalog")
-    source = "cache" if constants.hf_hub_offline() or not hub_resolvable(_endpoint()) else "hub"
+    source = "cache" if constants.hf_hub_offline() or not hub_reachable(_endpoint()) else "hub"
     return ResolvedConfig(read_config_file(file), model_id=repo_id, revision=_commit_of(file), source=source,
                           path=file, requested_revision=revision)
 
@@ -265,6 +348,7 @@ def _from_catalog(entry: catalog.CatalogEntry, why: str) -> ResolvedConfig:
 
 
 def _resolve_local(path: Path) -> tuple[ResolvedConfig, Path]:
+    _check_utf8_path(path)
     if path.is_dir():
         file = path / CONFIG
         if not file.is_file():

@@ -209,6 +209,7 @@ def _receipt_problems(receipt: Any, family: Any, view: ConfigView, primary: Rope
     """
     rope = family.rope(view, primary)
     problems = []
+    problems += _scaling_problems(receipt, rope, primary)
     for change in receipt["changes"]:
         path = list(change["path"])
         if path[: len(primary.path)] != list(primary.path):
@@ -228,6 +229,33 @@ def _receipt_problems(receipt: Any, family: Any, view: ConfigView, primary: Rope
         if not same_value(found, wanted, rel_tol=1e-9):
             problems.append(f"the config the model holds has {key} = {found!r}, the receipt says {wanted!r}")
     return problems
+
+
+#: the rope_type each built-in method writes (ntk changes rope_theta only, checked by value)
+_METHOD_TYPES = {"linear": "linear", "dynamic": "dynamic", "yarn": "yarn"}
+
+
+def _scaling_problems(receipt: Any, rope: dict[str, Any], primary: RopeSite) -> list[str]:
+    """The scaling the receipt promises against what the model's language config holds.
+
+    Compared by value, not by path: a flat file's top-level rope keys become a VLM object's
+    ``text_config`` legitimately, but a file whose language tower is built from elsewhere
+    (a Gemma 3 ``text_config`` of null) holds the receipt's scaling where transformers never reads it.
+    """
+    long_context = receipt.get("long_context") if hasattr(receipt, "get") else None
+    method = long_context.get("method") if isinstance(long_context, dict) else None
+    wanted = _METHOD_TYPES.get(method) if isinstance(method, str) else None
+    if wanted is None:
+        return []
+    where = primary.label
+    if rope.get("rope_type") != wanted:
+        return [f"the model's language config holds rope_type {rope.get('rope_type')!r} at {where}, but the "
+                f"receipt promises {method} x{long_context.get('factor')}: the patch was written where "
+                "transformers does not read it; re-patch from the model's original config.json"]
+    if not same_value(rope.get("factor"), long_context.get("factor"), rel_tol=1e-9):
+        return [f"the model's language config holds {method} factor {rope.get('factor')!r} at {where}, the "
+                f"receipt says {long_context.get('factor')!r}"]
+    return []
 
 
 def _check_module(name: str, module: Any, view: ConfigView, family: Any, primary: RopeSite,

@@ -20,9 +20,10 @@ from __future__ import annotations
 from types import MappingProxyType
 from typing import Any
 
+from ropekit.errors import InvalidConfigError
 from ropekit.registry.family import Family
 from ropekit.registry.hookspecs import hookimpl
-from ropekit.scaling.config_view import ConfigView, legacy_mirror
+from ropekit.scaling.config_view import ConfigView, RopeSite, legacy_mirror
 
 
 class Gemma3Family(Family):
@@ -33,6 +34,24 @@ class Gemma3Family(Family):
     config_defaults = MappingProxyType({"max_position_embeddings": 131072, "head_dim": 256})
     description = ("Gemma 3: scaling on the full-attention layers only (sliding layers keep "
                    "rope_local_base_freq); 4B+ ship linear x8")
+
+    def rope_sites(self, view: ConfigView) -> list[RopeSite]:
+        """The text model's sites; a multimodal ``gemma3`` file must carry its ``text_config``.
+
+        transformers builds a ``gemma3`` model's language tower from ``text_config`` alone:
+        with ``"text_config": null`` (or the key absent) it builds ``Gemma3TextConfig``
+        defaults (plain RoPE at 131072 tokens) and ignores any top-level rope settings, so a
+        patch written at the top level would never land.
+        """
+        if view.is_dict and view.model_type() == "gemma3" and not isinstance(view.get((), "text_config"), dict):
+            found = "missing" if "text_config" not in view.target else \
+                ("null" if view.target["text_config"] is None else f"a {type(view.target['text_config']).__name__}")
+            raise InvalidConfigError(
+                f"this gemma3 config's text_config is {found}: transformers then builds the language model from "
+                "Gemma3TextConfig defaults (plain RoPE, 131072 tokens) and ignores top-level rope settings, so no "
+                "patch could land; restore the model's text_config object (model_type 'gemma3_text', its "
+                "rope_scaling and sizes) from the original config.json")
+        return super().rope_sites(view)
 
     def legacy_mirror(self, view: ConfigView, path: tuple[str, ...],
                       layers: dict[str, dict[str, Any]]) -> dict[str, Any] | None:

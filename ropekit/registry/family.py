@@ -13,6 +13,7 @@ from types import MappingProxyType
 from typing import Any, ClassVar, Mapping, Protocol
 
 from ropekit.errors import InvalidConfigError, UnsupportedMethodError
+from ropekit.scaling import bounds
 from ropekit.scaling.config_view import (
     LEGACY,
     ConfigView,
@@ -213,7 +214,7 @@ class Family:
         where = ".".join([*site.path, "max_position_embeddings"])
         if value is None:
             raise InvalidConfigError(f"{where} is missing; expected the model's context length in tokens")
-        return positive_int(value, where)
+        return bounds.window(value, where)
 
     # --- what the model was trained with ----------------------------------------------
     def native_window(self, view: ConfigView, site: RopeSite) -> int:
@@ -238,11 +239,13 @@ class Family:
         """The original window a scaled rope dict declares, or that linear PI implies, else None."""
         original = rope.get("original_max_position_embeddings")
         if original is not None:
-            return positive_int(original, f"{site.label}.original_max_position_embeddings")
+            return bounds.window(original, f"{site.label}.original_max_position_embeddings")
         if rope["rope_type"] == "linear" and rope.get("factor") is not None:
             # linear PI stretches the window: max_position_embeddings = factor x original
             factor = positive_float(rope["factor"], f"{site.label}.factor")
-            return max(1, int(round(self.max_position_embeddings(view, site) / factor)))
+            implied = self.max_position_embeddings(view, site) / factor
+            return bounds.window(max(1, round(implied)) if math.isfinite(implied) else implied,
+                                 f"max_position_embeddings / {site.label}.factor")
         return None
 
     def shipped_scaling(self, view: ConfigView, site: RopeSite) -> ShippedScaling | None:
@@ -259,7 +262,9 @@ class Family:
         factor = positive_float(factor, f"{site.label}.factor") if factor is not None else window / original
         max_positions = window
         if rope_type == "dynamic":  # dynamic's threshold is max_position_embeddings itself
-            window = int(round(factor * window))
+            reached = factor * window
+            window = bounds.window(round(reached) if math.isfinite(reached) else reached,
+                                   f"{site.label}.factor x max_position_embeddings")
         return ShippedScaling(rope_type, factor, original, window, site.label, rope=rope,
                               max_position_embeddings=max_positions)
 
@@ -272,8 +277,8 @@ class Family:
             heads_where = ".".join([*site.path, "num_attention_heads"])
             hidden = positive_int(self.setting(view, site, "hidden_size"), hidden_where)
             heads = positive_int(self.setting(view, site, "num_attention_heads"), heads_where)
-            return hidden // heads
-        return positive_int(head_dim, where)
+            return bounds.head_dim(hidden // heads, f"{hidden_where} // {heads_where.rsplit('.', 1)[-1]}")
+        return bounds.head_dim(head_dim, where)
 
     def rotary_dim(self, view: ConfigView, site: RopeSite) -> int:
         """Dimensions rotated per head: head_dim x partial_rotary_factor."""
@@ -286,7 +291,7 @@ class Family:
     @staticmethod
     def rotary_dim_from(head_dim: int, partial: float) -> int:
         """``int(head_dim * partial)`` as transformers computes it; refused unless even and >= 4."""
-        dim = int(head_dim * partial)
+        dim = bounds.rotary_product(head_dim, partial)
         if dim < 4 or dim % 2:
             raise InvalidConfigError(
                 f"rotary dimension {dim} (head_dim {head_dim} x partial_rotary_factor {partial:g}) is not an "

@@ -28,7 +28,7 @@ from ropekit.errors import (
 from ropekit.receipt import SCHEMA, Receipt, config_field_hashes, config_sha256
 from ropekit.registry.family import UNSCALED_TYPES, Family, ShippedScaling
 from ropekit.registry.manager import Registry, get_registry
-from ropekit.scaling import file_compat, policy
+from ropekit.scaling import bounds, file_compat, policy
 from ropekit.scaling.config_view import _MISSING, CONTAINER_KEYS, LEGACY, Change, ConfigView, RopeSite
 from ropekit.scaling.long_context import LongContextConfig
 from ropekit.scaling.methods import (
@@ -170,8 +170,17 @@ def locate(view: ConfigView, registry: Registry, *, family: str | None = None,
     own = fam.shipped_scaling(view, sites[-1])
     note = fam.note(view)
     if own is None and inherited is not None:
-        return Located(fam, sites, inherited.original_max_position_embeddings, inherited, note)
-    return Located(fam, sites, fam.native_window(view, sites[-1]), own, note)
+        native = bounds.window(inherited.original_max_position_embeddings,
+                               f"the original window inherited from {inherited.source}")
+        return Located(fam, sites, native, inherited, note)
+    native = bounds.window(fam.native_window(view, sites[-1]), f"the native window family '{fam.name}' reads")
+    return Located(fam, sites, native, own, note)
+
+
+def checked_rotary_dim(fam: Family, view: ConfigView, site: RopeSite) -> int:
+    """The family's rotary dimension at ``site``, held to :data:`bounds.MAX_ROTARY_DIM` before any use."""
+    plugin = f" of plugin '{fam.plugin}'" if fam.plugin else ""
+    return bounds.rotary_dim(fam.rotary_dim(view, site), f"family '{fam.name}'{plugin} at {site.label}")
 
 
 def plan_config(target: Any, request: LongContextConfig, *, registry: Registry | None = None,
@@ -222,7 +231,7 @@ def plan_config(target: Any, request: LongContextConfig, *, registry: Registry |
         warnings.append("dynamic NTK suits inference only; fine-tune with yarn or linear instead")
 
     changes, final_ropes, max_positions = _site_changes(view, fam, sites, method, fac, request, applied)
-    rotary_dim = fam.rotary_dim(view, primary)
+    rotary_dim = checked_rotary_dim(fam, view, primary)
     if applied == "compound" and existing is not None and existing.rope is not None:
         _check_compound(view, fam, sites, existing, method, fac, request, final_ropes, rotary_dim,
                         max_positions, registry)
@@ -270,7 +279,7 @@ def _site_changes(view: ConfigView, fam: Family, sites: list[RopeSite], method: 
     containers_done: set[tuple[str, ...]] = set()
     for site in sites:
         rope = fam.rope(view, site)
-        req = MethodRequest(fac.total, fac.base, fam.rotary_dim(view, site), rope["rope_theta"],
+        req = MethodRequest(fac.total, fac.base, checked_rotary_dim(fam, view, site), rope["rope_theta"],
                             request.beta_fast, request.beta_slow, request.attn_factor)
         site_changes, final_ropes[site.label] = _rope_changes(view, fam, site, rope, method, req, applied)
         if site.path not in containers_done:  # what the class builds, written out where the patch leaves it

@@ -14,6 +14,7 @@ from pydantic import (
 )
 
 from ropekit.errors import InvalidRequestError, Param
+from ropekit.scaling.bounds import MAX_BETA, MAX_WINDOW
 
 OnExisting = Literal["refuse", "compound", "replace"]
 
@@ -58,6 +59,8 @@ class LongContextConfig(BaseModel):
     def _factor(cls, value: float | None) -> float | None:
         if value is not None and (not math.isfinite(value) or value <= 1):
             raise ValueError("expected a finite number above 1 (4 means four times the original window)")
+        if value is not None and value > MAX_WINDOW:
+            raise ValueError(f"expected at most {MAX_WINDOW} (2**31), ropekit's limit on any window")
         return value
 
     @field_validator("target_context", "original_max_position_embeddings")
@@ -65,6 +68,8 @@ class LongContextConfig(BaseModel):
     def _tokens(cls, value: int | None) -> int | None:
         if value is not None and value <= 0:
             raise ValueError("expected a positive number of tokens")
+        if value is not None and value > MAX_WINDOW:
+            raise ValueError(f"expected at most {MAX_WINDOW} (2**31) tokens, ropekit's limit on any window")
         return value
 
     @field_validator("beta_fast", "beta_slow", "attn_factor")
@@ -72,6 +77,9 @@ class LongContextConfig(BaseModel):
     def _positive(cls, value: float) -> float:
         if not math.isfinite(value) or value <= 0:
             raise ValueError("expected a positive finite number")
+        if value > MAX_BETA:
+            raise ValueError(f"expected at most {MAX_BETA} (2**20); YaRN uses beta_fast 32, beta_slow 1, "
+                             "attn_factor 1")
         return value
 
     @model_validator(mode="after")
@@ -104,4 +112,13 @@ def _message(exc: ValidationError) -> tuple[Any, ...]:
     if loc == "request" or err.get("type") == "value_error" and not err.get("loc"):
         return ("invalid request: ", *(cause.parts if isinstance(cause, _Invalid) else (msg,)))
     name = Param(loc) if loc in LongContextConfig.model_fields else loc
-    return ("invalid ", name, f" {err.get('input')!r}: {msg}")
+    return ("invalid ", name, f" {_input(err.get('input'))}: {msg}")
+
+
+def _input(value: Any) -> str:
+    """The offending input, cut short (a 400-digit number is named by its length)."""
+    try:
+        text = repr(value)
+    except ValueError:  # an integer over Python's 4300-digit repr limit
+        return "(an integer of over 4300 digits)"
+    return text if len(text) <= 40 else f"{text[:24]}... ({len(text)} characters)"

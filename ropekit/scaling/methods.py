@@ -12,6 +12,8 @@ import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from ropekit.scaling import bounds
+
 PI_PAPER = "arXiv:2306.15595"
 YARN_PAPER = "arXiv:2309.00071"
 
@@ -154,7 +156,11 @@ def yarn_ramp_bounds(rotary_dim: int, base: float, original: int, beta_fast: flo
     """The pair indices where YaRN's ramp starts and ends (the reference code's inverse-dim form)."""
 
     def correction_dim(turns: float) -> float:
-        return rotary_dim * math.log(original / (turns * 2 * math.pi)) / (2 * math.log(base))
+        ratio = original / (turns * 2 * math.pi)  # transformers' form, kept for identical rounding
+        if not 0 < ratio < math.inf:  # an extreme beta from a file: the same log, as a difference
+            ratio_log = math.log(original) - math.log(turns) - math.log(2 * math.pi)
+            return rotary_dim * ratio_log / (2 * math.log(base))
+        return rotary_dim * math.log(ratio) / (2 * math.log(base))
 
     low, high = correction_dim(beta_fast), correction_dim(beta_slow)
     if truncate:
@@ -175,7 +181,7 @@ def closed_form(rope: dict[str, Any], rotary_dim: int, max_position_embeddings: 
     """
     rope_type = rope.get("rope_type") or "default"
     base = float(rope["rope_theta"])
-    d = rotary_dim
+    d = bounds.rotary_dim(rotary_dim, "the closed form's caller")  # every loop below runs d / 2 times
     theta = default_inv_freq(base, d)
     if rope_type == "default":
         return theta, 1.0

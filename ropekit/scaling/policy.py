@@ -25,6 +25,7 @@ from typing import Any
 
 from ropekit.errors import CompoundingError, InvalidRequestError, Param
 from ropekit.registry.family import Family, ShippedScaling
+from ropekit.scaling import bounds
 from ropekit.scaling.long_context import LongContextConfig
 from ropekit.scaling.methods import ScalingMethod, closed_form, new_window
 
@@ -71,6 +72,7 @@ def factors(request: LongContextConfig, existing: ShippedScaling | None, native:
     shipped_factor = existing.factor if existing and request.on_existing == "compound" else 1.0
     if request.factor is not None:
         requested = float(request.factor)
+        bounds.reached_window(requested * shipped_factor, base)
         return Factors(requested * shipped_factor, requested, base)
     target = int(request.target_context)  # type: ignore[arg-type]
     have = existing.window if existing else native
