@@ -72,3 +72,23 @@ def test_doctor_says_what_it_waits_for_on_a_terminal(capsys, monkeypatch):
     assert "device" in capsys.readouterr().out
     shown = terminal.getvalue()
     assert "doctor: importing torch to read the GPU" in shown and shown.endswith("\r\x1b[2K")
+
+
+def test_check_pack_with_a_tokenizer_shows_the_load_and_the_count_on_a_terminal(tmp_path, capsys, monkeypatch):
+    import json
+
+    from test_eval_pack import local_tokenizer
+
+    tokenizer = tmp_path / "tok"
+    local_tokenizer(tokenizer)
+    pack = tmp_path / "pack.jsonl"
+    pack.write_text("".join(json.dumps({"text": f"word {i} " * 20}) + "\n" for i in range(450)))
+    terminal = Terminal()
+    monkeypatch.setattr("sys.stderr", terminal)
+    assert main(["check-pack", str(pack), "--target-context", "8192", "--original-max", "4096",
+                 "--tokenizer", str(tokenizer)]) == 0
+    assert "450 examples" in capsys.readouterr().out
+    shown = terminal.getvalue()
+    assert f"check-pack: loading the tokenizer from {tokenizer}" in shown
+    assert "check-pack: 200 examples counted" in shown and "check-pack: 400 examples counted" in shown
+    assert shown.endswith("\r\x1b[2K")

@@ -251,7 +251,9 @@ def check_pack_command(file: Path, target_context: int, original_max: int | None
     """
     from ropekit.training.eval_pack import MIN_LONG_EXAMPLES, check_pack
 
-    report = check_pack(file, target_context, original_max=original_max, tokenizer=tokenizer)
+    with progress.status("check-pack") as report_progress:
+        report = check_pack(file, target_context, original_max=original_max, tokenizer=tokenizer,
+                            progress=report_progress)
     if as_json:
         emit_json(report.to_json())
         return

@@ -175,6 +175,10 @@ def token_counter(tokenizer: str | Path | None) -> tuple[Callable[[str], int], s
     return count, "tokenizer", f"token counts from the tokenizer in {folder}"
 
 
+#: how often check_pack reports progress, in examples
+PROGRESS_EVERY = 200
+
+
 def bucket_edges(target_context: int) -> list[int]:
     """Powers of two from 1024 up to the target, then the target itself."""
     edges, edge = [], FIRST_BUCKET
@@ -185,8 +189,13 @@ def bucket_edges(target_context: int) -> list[int]:
 
 
 def check_pack(path: str | Path, target_context: int, *, original_max: int | None = None,
-               tokenizer: str | Path | None = None) -> PackReport:
-    """Bucket a JSONL pack by length and warn when the long-context dimension is undefined."""
+               tokenizer: str | Path | None = None,
+               progress: Callable[[str], None] | None = None) -> PackReport:
+    """Bucket a JSONL pack by length and warn when the long-context dimension is undefined.
+
+    ``progress(message)``, when given, hears about the tokenizer load and every
+    :data:`PROGRESS_EVERY` examples counted.
+    """
     for label, value in (("target_context", target_context), ("original_max", original_max)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
             raise InvalidRequestError(f"{label} {value!r} must be a positive number of tokens")
@@ -194,8 +203,14 @@ def check_pack(path: str | Path, target_context: int, *, original_max: int | Non
         raise InvalidRequestError(f"original window {original_max} is not below the target {target_context}; "
                                   "pass the model's trained window as --original-max")
     path = Path(path)
+    if progress and tokenizer is not None:
+        progress(f"loading the tokenizer from {tokenizer}")
     count, counting, note = token_counter(tokenizer)
-    counts = [count(text) for _, text in read_pack(path)]
+    counts = []
+    for _, text in read_pack(path):
+        counts.append(count(text))
+        if progress and len(counts) % PROGRESS_EVERY == 0:
+            progress(f"{len(counts)} examples counted")
     if not counts:
         raise EvalPackError(f"{path} holds no examples; add JSONL lines with text, prompt/completion or messages")
 
