@@ -49,7 +49,7 @@ from ropekit.folders.journal import JOURNAL_NAME, STAGING_NAME, Transaction, pen
 from ropekit.folders.lock import LOCK_NAME, folder_lock
 from ropekit.hub.resolve import ResolvedConfig
 from ropekit.jsonio import read_bounded, read_config_file
-from ropekit.receipt import Receipt, sha256_hex, verify_receipt
+from ropekit.receipt import Receipt, config_sha256, sha256_hex, verify_receipt
 from ropekit.scaling.engine import Plan, apply_config
 from ropekit.scaling.long_context import LongContextConfig
 
@@ -363,7 +363,11 @@ def _verify_unlocked(folder: Path) -> VerifyResult:
     verify_receipt(receipt, config)
     long_context = receipt.get("long_context")
     long_context = long_context if isinstance(long_context, dict) else {}
-    detail = (f"{len(receipt['changes'])} recorded changes and the config hash match "
+    if receipt["model"]["config_sha256_after"] == config_sha256(config):
+        matched = "the config hash match"
+    else:  # re-saved (by a trainer's save_pretrained): every rope value and recorded change holds
+        matched = "every rope value match a re-saved config (fields save_pretrained rewrites ignored)"
+    detail = (f"{len(receipt['changes'])} recorded changes and {matched} "
               f"({long_context.get('method')} x{long_context.get('factor')})")
     return VerifyResult(folder, receipt, config, [Check("receipt", True, detail)])
 

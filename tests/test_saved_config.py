@@ -45,7 +45,15 @@ def test_the_resaved_config_verifies(saved):
     and adds _name_or_path-free defaults, dtype and its version: still the same rope, still verified."""
     config = json.loads((saved / "config.json").read_text())
     assert config["transformers_version"]
-    assert files.verify_folder(saved).ok
+    result = files.verify_folder(saved)
+    assert result.ok
+    assert "every rope value match a re-saved config" in result.checks[0].detail  # not "the config hash"
+
+
+def test_the_untouched_patched_folder_matches_its_hash(tmp_path):
+    patched = tmp_path / "patched"
+    files.patch_folder(resolve(LLAMA3), YARN4, out=patched)
+    assert "the config hash match" in files.verify_folder(patched).checks[0].detail
 
 
 @pytest.mark.parametrize("key, value", [("factor", 8.0), ("rope_type", "linear"), ("beta_slow", 2.0),
