@@ -59,7 +59,7 @@ def test_yarn_compound_folds_the_new_temperature_into_the_softmax_scale(tmp_path
 
 @pytest.mark.parametrize("method", ["linear", "ntk", "dynamic"])
 def test_compound_without_temperature_over_a_trained_temperature_is_refused(method):
-    with pytest.raises(CompoundingError, match=r"softmax temperature x1\.874.*--method yarn --on-existing compound"):
+    with pytest.raises(CompoundingError, match=r"softmax temperature x1\.874.*method='yarn' on_existing='compound'"):
         apply_rope_scaling(load_fixture(DEEPSEEK), LongContextConfig(method=method, factor=2, on_existing="compound"))
     assert (0.1 * math.log(40) + 1) ** 2 == pytest.approx(1.874, abs=5e-4)
 

@@ -16,6 +16,7 @@ from conftest import ROOT, load_fixture
 import ropekit
 from ropekit import LongContextConfig, apply_rope_scaling, plan
 from ropekit.cli import main
+from ropekit.cli.failure import message as cli_message
 from ropekit.errors import CompoundingError, InvalidRequestError, WindowMismatchError
 
 LLAMA31 = "meta-llama__Llama-3.1-8B-Instruct"
@@ -42,7 +43,8 @@ def test_target_context_refusal_names_the_factor_it_really_takes():
         _plan(LLAMA31, target_context=262144)
     message = str(err.value)
     assert "yarn x32 from 8192" in message and "x256" not in message  # 262144 / 8192 = 32
-    assert "--target-context 262144 --on-existing compound" in message
+    assert "target_context=262144 on_existing='compound'" in message  # the API names parameters,
+    assert "--target-context 262144 --on-existing compound" in cli_message(err.value)  # the CLI flags
     # the quoted options do what they say
     p = _plan(LLAMA31, target_context=262144, on_existing="compound")
     assert (p.method.name, p.factor, p.original_window, p.new_window) == ("yarn", 32.0, 8192, 262144)
@@ -67,7 +69,8 @@ def test_factor_refusal_suggests_the_target_the_factor_meant():
     message = str(err.value)
     # x2 on top: yarn x16 from 8192 = 131072, no longer than today; x2 today's window = 262144
     assert "yarn x16 from 8192 = 131072 tokens (x1 the window 131072" in message
-    assert "--target-context 262144 --on-existing compound" in message
+    assert "target_context=262144 on_existing='compound'" in message
+    assert "--target-context 262144 --on-existing compound" in cli_message(err.value)
     assert err.value.suggestion.on_existing == "compound" and err.value.suggestion.factor == 2
 
 
@@ -108,7 +111,8 @@ def test_gemma3_linear_x8_cannot_be_compounded_but_by_linear(method):
         _plan("google__gemma-3-4b-it", method=method, factor=2, on_existing="compound", allow_unstable=True)
     message = str(err.value)
     assert "faster than the weights were trained with" in message
-    assert "--method linear --on-existing compound" in message
+    assert "method='linear' on_existing='compound'" in message
+    assert "--method linear --on-existing compound" in cli_message(err.value)
     # linear over linear is exact: every frequency divided by 8 x 2 (theta 1e6, d 256)
     cfg = load_fixture("google__gemma-3-4b-it")
     apply_rope_scaling(cfg, LongContextConfig(method="linear", factor=2, on_existing="compound",
@@ -141,10 +145,10 @@ def test_llama3_compounds_with_yarn_keeping_every_trained_frequency():
 
 
 def test_llama32_head_dim_64_needs_a_wider_yarn_ramp():
-    with pytest.raises(CompoundingError, match=r"pair 17 would rotate.*--beta-fast 64") as err:
+    with pytest.raises(CompoundingError, match=r"pair 17 would rotate.*beta_fast=64$") as err:
         _plan("meta-llama__Llama-3.2-1B-Instruct", method="yarn", factor=4, on_existing="compound",
               allow_unstable=True)
-    assert err.value.suggestion.beta_fast == 64.0
+    assert err.value.suggestion.beta_fast == 64.0 and cli_message(err.value).endswith("--beta-fast 64")
     p = _plan("meta-llama__Llama-3.2-1B-Instruct", method="yarn", factor=4, on_existing="compound",
               allow_unstable=True, beta_fast=64)
     trained = load_fixture("meta-llama__Llama-3.2-1B-Instruct")["rope_scaling"] | {"rope_theta": 500000.0}
@@ -152,7 +156,7 @@ def test_llama32_head_dim_64_needs_a_wider_yarn_ramp():
 
 
 def test_ntk_over_llama3_is_refused_where_it_would_speed_pairs_up():
-    with pytest.raises(CompoundingError, match="faster than the weights were trained with.*--method yarn"):
+    with pytest.raises(CompoundingError, match="faster than the weights were trained with.*method='yarn'"):
         _plan(LLAMA31, method="ntk", factor=2, on_existing="compound", allow_unstable=True)
 
 

@@ -79,7 +79,7 @@ def scaling_options(command: Callable[..., Any]) -> Callable[..., Any]:
             if suggestion is None or "model" not in kwargs:
                 raise
             line = " ".join(["ropekit plan", kwargs["model"], *request_flags(suggestion)])
-            raise type(exc)(f"{exc}; run: {line}") from None
+            raise type(exc)(*(exc.parts or (str(exc),)), f"; run: {line}") from None
 
     for option in reversed(options):
         wrapper = option(wrapper)

@@ -309,23 +309,25 @@ def _check_compound(view: ConfigView, fam: Family, sites: list[RopeSite], existi
     if existing.rope_type == "linear" and method.name != "linear":
         linear = registry.method("linear")
         unstable = fac.total > linear.stable_max_factor and not request.allow_unstable
-        alternative = (f"linear over linear composes exactly: method='linear' (--method linear --on-existing "
-                       f"compound{' --allow-unstable' if unstable else ''}) gives linear x{fac.total:g} from "
-                       f"{fac.base} = {new_window(fac.total, fac.base)} tokens")
+        alternative: tuple[Any, ...] = (
+            "linear over linear composes exactly: ", Param("method", "linear"), " ", Param("on_existing", "compound"),
+            *((" ", Param("allow_unstable", True)) if unstable else ()),
+            f" gives linear x{fac.total:g} from {fac.base} = {new_window(fac.total, fac.base)} tokens")
         suggestion = request.model_copy(update={"method": "linear", "allow_unstable": request.allow_unstable or unstable})
     elif method.name != "yarn" and (fam.methods is None or "yarn" in fam.methods) and policy.faster_pairs(
             trained, _yarn_rope(trained, fac, request), rotary_dim, trained_max,
             new_window(fac.total, fac.base)) is None:
-        alternative = "yarn keeps every trained frequency: method='yarn' (--method yarn --on-existing compound)"
+        alternative = ("yarn keeps every trained frequency: ", Param("method", "yarn"), " ",
+                       Param("on_existing", "compound"))
         suggestion = request.model_copy(update={"method": "yarn"})
     elif method.name == "yarn" and (beta := _safe_beta_fast(trained, final, rotary_dim, trained_max,
                                                                max_positions, request)) is not None:
-        alternative = (f"a wider YaRN ramp keeps every trained frequency: beta_fast={beta:g} "
-                       f"(--beta-fast {beta:g})")
+        alternative = ("a wider YaRN ramp keeps every trained frequency: ", Param("beta_fast", int(beta) if float(beta).is_integer() else beta))
         suggestion = request.model_copy(update={"beta_fast": float(beta)})
     else:
-        alternative = (f"replace the shipped {existing.rope_type} instead (--on-existing replace), which applies "
-                       f"{method.name} x{fac.requested:g} from {fac.base} = {new_window(fac.requested, fac.base)} tokens")
+        alternative = (f"replace the shipped {existing.rope_type} instead (", Param("on_existing", "replace"),
+                       f"), which applies {method.name} x{fac.requested:g} from {fac.base} = "
+                       f"{new_window(fac.requested, fac.base)} tokens")
     error = policy.frequency_refusal(existing, method, fac, faster, alternative)
     error.suggestion = suggestion
     raise error

@@ -89,7 +89,14 @@ def windows(existing: ShippedScaling | None, native: int, total: float, base: in
 
 
 def target_options(target: int, on_existing: str, unstable: bool = False) -> str:
+    """The flags that reach ``target`` (for warnings, which are plain text)."""
     return f"--target-context {target} --on-existing {on_existing}" + (" --allow-unstable" if unstable else "")
+
+
+def target_params(target: int, on_existing: str, unstable: bool = False) -> tuple[Any, ...]:
+    """The parameters that reach ``target``, as parts of an error message (flags on the command line)."""
+    return (Param("target_context", target), " ", Param("on_existing", on_existing),
+            *((" ", Param("allow_unstable", True)) if unstable else ()))
 
 
 def compounding_refusal(existing: ShippedScaling, request: LongContextConfig, method: ScalingMethod,
@@ -108,32 +115,34 @@ def compounding_refusal(existing: ShippedScaling, request: LongContextConfig, me
         unstable = total > method.stable_max_factor and not request.allow_unstable
         if unstable:
             suggestion = suggestion.model_copy(update={"allow_unstable": True})
-        message = (f"{head}; a {target}-token window means {method.name} x{total:g} from {L0} "
-                   f"({_times(target / have)} the window {have} it has today); compound to reach it: "
-                   f"on_existing='compound' ({target_options(target, 'compound', unstable)})")
-        error = CompoundingError(message)
+        error = CompoundingError(
+            f"{head}; a {target}-token window means {method.name} x{total:g} from {L0} "
+            f"({_times(target / have)} the window {have} it has today); compound to reach it: ",
+            *target_params(target, "compound", unstable))
         error.suggestion = suggestion
         return error
     asked = fac.requested
     compounded = existing.factor * asked
     reached = new_window(compounded, L0)
     goal = new_window(asked, have)
-    parts = [f"{head}; x{asked:g} on top compounds to {method.name} x{compounded:g} from {L0} = {reached} tokens "
-             f"({_times(reached / have)} the window {have} it has today)"]
+    parts: list[Any] = [f"{head}; x{asked:g} on top compounds to {method.name} x{compounded:g} from {L0} = "
+                        f"{reached} tokens ({_times(reached / have)} the window {have} it has today); pass ",
+                        Param("on_existing", "compound")]
     beyond = compounded > method.stable_max_factor and not request.allow_unstable
-    parts.append(f"pass on_existing='compound' (--on-existing compound{' --allow-unstable' if beyond else ''}) "
-                 "for that")
+    if beyond:
+        parts += [" ", Param("allow_unstable", True)]
+    parts.append(" for that")
     suggestion = request.model_copy(update={"on_existing": "compound", "allow_unstable": request.allow_unstable
                                             or beyond})
     if reached < goal * (1 - REL_TOL):
         unstable = goal / L0 > method.stable_max_factor and not request.allow_unstable
-        parts.append(f"for x{asked:g} the window it has today ({goal} tokens) ask target_context={goal} "
-                     f"instead ({target_options(goal, 'compound', unstable)})")
+        parts += [f"; for x{asked:g} the window it has today ({goal} tokens) ask ",
+                  *target_params(goal, "compound", unstable), " instead"]
     replaced = new_window(asked, L0)
     shrink = f", which shrinks the window from {have}" if replaced < have else ""
-    parts.append(f"'replace' (--on-existing replace) drops {existing.rope_type} and applies {method.name} "
-                 f"x{asked:g} from {L0} = {replaced} tokens{shrink}")
-    error = CompoundingError("; ".join(parts))
+    parts += ["; ", Param("on_existing", "replace"), f" drops {existing.rope_type} and applies {method.name} "
+              f"x{asked:g} from {L0} = {replaced} tokens{shrink}"]
+    error = CompoundingError(*parts)
     error.suggestion = suggestion
     return error
 
@@ -193,11 +202,12 @@ def faster_pairs(trained: dict[str, Any], final: dict[str, Any], rotary_dim: int
 
 
 def frequency_refusal(existing: ShippedScaling, method: ScalingMethod, fac: Factors, faster: FasterPairs,
-                      alternative: str) -> CompoundingError:
+                      alternative: tuple[Any, ...]) -> CompoundingError:
+    """The refusal of a compound that would turn pairs faster than trained; ``alternative``: message parts."""
     return CompoundingError(
         f"model {existing.describe()}; compounding it with {method.name} x{fac.total:g} cannot be composed exactly: "
         f"{faster.describe()} (the shipped {existing.rope_type} slowed them more than {method.name} "
-        f"x{fac.total:g} does); {alternative}")
+        f"x{fac.total:g} does); ", *alternative)
 
 
 def temperature_refusal(existing: ShippedScaling, method: ScalingMethod, family: Family,
@@ -205,5 +215,5 @@ def temperature_refusal(existing: ShippedScaling, method: ScalingMethod, family:
     return CompoundingError(
         f"model {existing.describe()} and its {family.name} attention was trained with a softmax temperature "
         f"x{trained_multiplier:.4g} (mscale_all_dim); {method.name} carries no attention temperature, so "
-        f"compounding would drop it; compound with yarn instead (--method yarn --on-existing compound), "
-        f"or replace the shipped scaling (--on-existing replace)")
+        f"compounding would drop it; compound with yarn instead (", Param("method", "yarn"), " ",
+        Param("on_existing", "compound"), "), or replace the shipped scaling (", Param("on_existing", "replace"), ")")
