@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 
 ENTRY_POINT_GROUP = "ropekit"
@@ -19,6 +20,28 @@ def dist_version(name: str) -> str | None:
         return importlib.metadata.version(name)
     except importlib.metadata.PackageNotFoundError:
         return None
+
+
+def env_seconds(name: str, default: float, *, zero_allowed: bool = False, most: float = 3600.0) -> float:
+    """Seconds from the environment variable ``name`` (``default`` when unset or empty), read at call time.
+
+    Raises :class:`ropekit.errors.SettingError` naming the variable for anything but a number of
+    seconds above 0 (or from 0, with ``zero_allowed``) and at most ``most``.
+    """
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not (0 <= value if zero_allowed else 0 < value) or not value <= most:
+        from ropekit.errors import SettingError
+
+        low = "from 0 (fail at once)" if zero_allowed else "above 0"
+        raise SettingError(f"{name}={raw[:40]!r} is not a number of seconds {low} to {most:g}; set it to one "
+                           f"(default {default:g}) or unset it")
+    return value
 
 
 def _env_list(name: str) -> list[str]:

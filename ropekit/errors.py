@@ -90,6 +90,12 @@ class RopekitError(Exception):
         return tuple(part for part in self.parts if isinstance(part, Param))
 
 
+class SettingError(RopekitError, ValueError):
+    """An environment setting of ropekit's (``ROPEKIT_*_TIMEOUT``) holds a value it cannot use."""
+
+    exit_code = 4
+
+
 class InvalidRequestError(RopekitError, ValueError):
     """The requested scaling (factor, method, window, betas) is not valid."""
 

@@ -16,7 +16,7 @@ from hf_cache import HFCache
 
 from ropekit import LongContextConfig, files, resolve
 from ropekit.cli import main
-from ropekit.constants import BACKUP_FILENAME, RECEIPT_FILENAME
+from ropekit.constants import RECEIPT_FILENAME
 from ropekit.errors import FileAccessError, InvalidConfigError, PolicyError
 from ropekit.folders.atomic import atomic_write
 

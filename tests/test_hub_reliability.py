@@ -76,7 +76,7 @@ def test_a_bad_hub_timeout_is_named(tmp_path, silent_endpoint):
                  {"HF_ENDPOINT": silent_endpoint, "HF_HUB_CACHE": str(tmp_path / "hub"),
                   "ROPEKIT_HUB_TIMEOUT": "soon"})
     assert proc.returncode == 4
-    assert proc.stderr.startswith("error: ROPEKIT_HUB_TIMEOUT is 'soon'") and len(proc.stderr.splitlines()) == 1
+    assert proc.stderr.startswith("error: ROPEKIT_HUB_TIMEOUT='soon' is not a number of seconds") and len(proc.stderr.splitlines()) == 1
 
 
 @pytest.mark.parametrize("held", ["../../..", "../../../etc", "main\n../x"])

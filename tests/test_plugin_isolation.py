@@ -183,8 +183,8 @@ def test_a_bad_plugin_timeout_setting_is_a_one_line_error(install, capsys, monke
     monkeypatch.setenv("ROPEKIT_PLUGIN_TIMEOUT", value)
     assert main(["plugins"]) == 4
     err = capsys.readouterr().err.strip()
-    assert err == f"error: ROPEKIT_PLUGIN_TIMEOUT={value!r} is not a positive number of seconds; set it to one " \
-                  "(default 30) or unset it"
+    assert err == f"error: ROPEKIT_PLUGIN_TIMEOUT={value!r} is not a number of seconds above 0 to 3600; set it to " \
+                  "one (default 30) or unset it"
 
 
 # --- sys.exit() and prints from plugin code ----------------------------------------------

@@ -321,7 +321,7 @@ def verify_command(folder: Path, landing: bool, family: str | None, sign_key: Pa
     """
     try:
         result = files.verify_folder(folder)
-    except VerificationError as exc:
+    except VerificationError:
         if as_json:
             emit_json({"folder": str(folder), "ok": False})
         raise

@@ -22,7 +22,8 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-from ropekit.errors import FolderInUseError, InvalidRequestError
+from ropekit.constants import env_seconds
+from ropekit.errors import FolderInUseError
 
 LOCK_NAME = ".ropekit.lock"
 TIMEOUT_ENV = "ROPEKIT_LOCK_TIMEOUT"
@@ -31,18 +32,8 @@ _POLL_SECONDS = 0.01
 
 
 def lock_timeout() -> float:
-    """Seconds to wait for a folder held by another ropekit (``ROPEKIT_LOCK_TIMEOUT``)."""
-    raw = os.environ.get(TIMEOUT_ENV, "").strip()
-    if not raw:
-        return DEFAULT_TIMEOUT
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if not value >= 0 or value == float("inf"):
-        raise InvalidRequestError(f"{TIMEOUT_ENV}={raw!r} is not a number of seconds; set it to e.g. 10 "
-                                  "(0 fails at once when another ropekit holds the folder)")
-    return value
+    """Seconds to wait for a folder held by another ropekit (``ROPEKIT_LOCK_TIMEOUT``; 0 fails at once)."""
+    return env_seconds(TIMEOUT_ENV, DEFAULT_TIMEOUT, zero_allowed=True)
 
 
 @contextlib.contextmanager

@@ -15,7 +15,6 @@ itself on each call. huggingface_hub is imported only when a Hub id is resolved.
 from __future__ import annotations
 
 import functools
-import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -153,17 +152,7 @@ DEFAULT_HUB_TIMEOUT = 5.0
 
 def hub_timeout() -> float:
     """``ROPEKIT_HUB_TIMEOUT`` in seconds (default :data:`DEFAULT_HUB_TIMEOUT`), read at call time."""
-    raw = os.environ.get("ROPEKIT_HUB_TIMEOUT", "").strip()
-    if not raw:
-        return DEFAULT_HUB_TIMEOUT
-    try:
-        value = float(raw)
-    except ValueError:
-        value = math.nan
-    if not 0 < value <= 3600:
-        raise ResolutionError(f"ROPEKIT_HUB_TIMEOUT is {shown(raw, 40)}; expected seconds between 0 and 3600 "
-                              f"(default {DEFAULT_HUB_TIMEOUT:g}); fix or unset it")
-    return value
+    return constants.env_seconds("ROPEKIT_HUB_TIMEOUT", DEFAULT_HUB_TIMEOUT)
 
 
 def hub_reachable(endpoint: str | None) -> bool:

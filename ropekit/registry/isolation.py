@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib.metadata
-import math
 import os
 import sys
 import threading
@@ -26,7 +25,7 @@ from typing import Any, Callable, Iterator, TypeVar
 
 import pluggy
 
-from ropekit.errors import PluginError
+from ropekit.constants import env_seconds
 
 T = TypeVar("T")
 
@@ -61,17 +60,7 @@ class PluginManager(pluggy.PluginManager):
 
 def plugin_timeout() -> float:
     """Seconds a plugin's import or registration hook may take (``ROPEKIT_PLUGIN_TIMEOUT``)."""
-    raw = os.environ.get(TIMEOUT_ENV, "").strip()
-    if not raw:
-        return DEFAULT_TIMEOUT_S
-    try:
-        value = float(raw)
-    except ValueError:
-        value = math.nan
-    if not math.isfinite(value) or value <= 0:
-        raise PluginError(f"{TIMEOUT_ENV}={raw!r} is not a positive number of seconds; set it to one "
-                          f"(default {DEFAULT_TIMEOUT_S:g}) or unset it")
-    return value
+    return env_seconds(TIMEOUT_ENV, DEFAULT_TIMEOUT_S)
 
 
 def overridden_builtins() -> frozenset[str]:

@@ -17,7 +17,7 @@ The limits are far above any real model:
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Callable
 
 from ropekit.errors import InvalidConfigError, InvalidRequestError, Param
 from ropekit.scaling.config_view import positive_int, shown_number
@@ -32,20 +32,21 @@ MAX_BETA = 2**20
 
 def window(value: Any, where: str) -> int:
     """A window read from a config: a positive integer of at most :data:`MAX_WINDOW` tokens."""
-    tokens = positive_int(value, where)
-    if tokens > MAX_WINDOW:
-        raise InvalidConfigError(f"{where} is {_short(value)}, over ropekit's limit of {MAX_WINDOW} (2**31) tokens "
-                                 "(real models declare at most a few million); fix the config.json")
-    return tokens
+    return _at_most(value, where, MAX_WINDOW, f"{MAX_WINDOW} (2**31) tokens",
+                    "real models declare at most a few million")
 
 
 def head_dim(value: Any, where: str) -> int:
     """A head size read from a config: a positive integer of at most :data:`MAX_ROTARY_DIM`."""
-    dim = positive_int(value, where)
-    if dim > MAX_ROTARY_DIM:
-        raise InvalidConfigError(f"{where} is {_short(value)}, over ropekit's limit of {MAX_ROTARY_DIM} "
-                                 "(real attention heads are 64 to 512 wide); fix the config.json")
-    return dim
+    return _at_most(value, where, MAX_ROTARY_DIM, str(MAX_ROTARY_DIM), "real attention heads are 64 to 512 wide")
+
+
+def _at_most(value: Any, where: str, limit: int, limit_text: str, real: str) -> int:
+    number = positive_int(value, where)
+    if number > limit:
+        raise InvalidConfigError(f"{where} is {cut_short(value)}, over ropekit's limit of {limit_text} ({real}); "
+                                 "fix the config.json")
+    return number
 
 
 def rotary_product(head: int, partial: float) -> int:
@@ -65,7 +66,7 @@ def rotary_dim(value: Any, who: str) -> int:
     """
     if isinstance(value, int) and not isinstance(value, bool) and 0 < value <= MAX_ROTARY_DIM:
         return value
-    raise InvalidConfigError(f"{who} gives a rotary dimension of {_short(value)}; expected an integer from 1 to "
+    raise InvalidConfigError(f"{who} gives a rotary dimension of {cut_short(value)}; expected an integer from 1 to "
                              f"ropekit's limit of {MAX_ROTARY_DIM} (real models rotate 32 to 512 dimensions per head); "
                              "fix head_dim or partial_rotary_factor in the config.json, or report the family's plugin")
 
@@ -80,9 +81,10 @@ def reached_window(factor: float, original: int, name: str = "factor") -> int:
     return int(round(reached))
 
 
-def _short(value: Any) -> str:
+def cut_short(value: Any, render: Callable[[Any], str] = shown_number) -> str:
+    """``render(value)`` for a message, cut to about 40 characters (a 400-digit number is named by its length)."""
     try:
-        text = shown_number(value)
+        text = render(value)
     except ValueError:  # an integer over Python's 4300-digit repr limit
         return "an integer of over 4300 digits"
-    return text if len(text) <= 40 else f"{text[:24]}... ({len(text)} digits)"
+    return text if len(text) <= 40 else f"{text[:24]}... ({len(text)} characters)"

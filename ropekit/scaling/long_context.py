@@ -14,7 +14,7 @@ from pydantic import (
 )
 
 from ropekit.errors import InvalidRequestError, Param
-from ropekit.scaling.bounds import MAX_BETA, MAX_WINDOW
+from ropekit.scaling.bounds import MAX_BETA, MAX_WINDOW, cut_short
 
 OnExisting = Literal["refuse", "compound", "replace"]
 
@@ -112,13 +112,6 @@ def _message(exc: ValidationError) -> tuple[Any, ...]:
     if loc == "request" or err.get("type") == "value_error" and not err.get("loc"):
         return ("invalid request: ", *(cause.parts if isinstance(cause, _Invalid) else (msg,)))
     name = Param(loc) if loc in LongContextConfig.model_fields else loc
-    return ("invalid ", name, f" {_input(err.get('input'))}: {msg}")
+    return ("invalid ", name, f" {cut_short(err.get('input'), repr)}: {msg}")
 
 
-def _input(value: Any) -> str:
-    """The offending input, cut short (a 400-digit number is named by its length)."""
-    try:
-        text = repr(value)
-    except ValueError:  # an integer over Python's 4300-digit repr limit
-        return "(an integer of over 4300 digits)"
-    return text if len(text) <= 40 else f"{text[:24]}... ({len(text)} characters)"
