@@ -130,7 +130,10 @@ def main() -> None:
     def step(name: str, cmd: list[str]) -> dict[str, Any]:
         if name not in steps:
             print(f"{time.strftime('%H:%M:%S')} {name} ...", flush=True)
+            measured_before = measured(args.results)
             record = run_measured(cmd, log)
+            if "--results" in cmd and measured(args.results) == measured_before:
+                record["resumed"] = True  # every cell came from an earlier run: its figures are the cells'
             stdout = record.pop("stdout").strip()
             if stdout.startswith("{"):
                 record["output"] = json.loads(stdout)
@@ -158,10 +161,17 @@ def main() -> None:
     for method in [m for m in args.methods.split(",") if m]:
         step(f"profile {method}", [*ropekit, "profile", str(args.folder), "--methods", method, *common])
     if args.depths:
-        step("passkey", [*ropekit, "profile", str(args.folder), "--methods", args.methods, *common,
+        step(f"passkey at depths {args.depths}", [*ropekit, "profile", str(args.folder), "--methods", args.methods, *common,
                          "--passkey", args.depths])
     save()
     print(markdown(args.results, steps))
+
+
+def measured(results: Path) -> int:
+    """How many cells and trials the results file holds."""
+    if not results.is_file():
+        return 0
+    return sum(1 for line in results.read_text().splitlines() if '"record": "cell"' in line or '"record": "passkey"' in line)
 
 
 def environment(threads: int) -> dict[str, Any]:
@@ -209,11 +219,13 @@ def markdown(results: Path, steps: dict[str, Any], window: int = 8192) -> str:
         lines += [f"| {t['method']} | {t['length']} | {t['depth']:g} | {t['key']} | {t['answer'] or '-'} | "
                   f"{'yes' if t['found'] else 'no'} | {t['seconds']:.0f} | {cpu(t)} |" for t in trials]
     lines += ["", "| step (its own process) | wall s | peak RSS MiB |", "|---|---:|---:|"]
-    lines += [f"| {name} | {s['seconds']:.0f} | {s['peak_rss_mib']:.0f} |" for name, s in steps.items()]
+    lines += [f"| {name} | resumed: every cell from an earlier run | |" if s.get("resumed") else
+              f"| {name} | {s['seconds']:.0f} | {s['peak_rss_mib']:.0f} |" for name, s in steps.items()]
     plain = next((s for name, s in steps.items() if name.startswith("plain forward") and "2048" not in name), None)
-    longest = [s["peak_rss_mib"] for name, s in steps.items() if name.startswith("profile ") and name != "profile none"]
+    length = max((c["length"] for c in cells), default=0)
+    longest = [c["peak_rss_mib"] for c in cells if c["length"] == length]
     if plain and longest:
-        lines += ["", f"Peak RSS of a profile process at the longest length: {min(longest):.0f}-{max(longest):.0f} MiB, "
+        lines += ["", f"Peak RSS of a profile process at {length} tokens: {min(longest):.0f}-{max(longest):.0f} MiB, "
                       f"{max(longest) / plain['peak_rss_mib']:.2f}x the plain forward pass ({plain['peak_rss_mib']:.0f} MiB)."]
     return "\n".join(lines)
 
