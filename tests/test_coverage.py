@@ -21,8 +21,6 @@ from ropekit.landing.coverage import check_model_type, decoder_model_types, mark
 MODEL_TYPES = decoder_model_types()
 #: known gaps, each with what the check measured; strict, so a fix shows up as a failure to update
 KNOWN_WRONG = {
-    ("4", "olmo3"): "transformers 4.57 builds the sliding-attention rotary as default rope from a flat yarn "
-                    "rope_scaling; the landing check expects the flat dict on every rotary module",
     ("4", "phimoe"): "transformers 4.57's Phi-3.5-MoE rotary module keeps no inv_freq buffer, so nothing can be "
                      "checked",
 }

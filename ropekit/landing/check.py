@@ -173,6 +173,7 @@ def check_model(model: Any, *, registry: Registry | None = None, receipt: Any = 
     if receipt is not None:
         report.problems += _receipt_problems(receipt, family, view, primary)
     modules = list(rotary_modules(model))
+    unscaled = _unscaled_layer_types(view, family, primary)
     for i, (name, _parent, _attr, module) in enumerate(modules, 1):
         if progress:
             progress(f"checking rotary module {i}/{len(modules)} ({name})")
@@ -180,12 +181,25 @@ def check_model(model: Any, *, registry: Registry | None = None, receipt: Any = 
         if own is not None and own is not text_config:
             module_view, module_family = ConfigView(own), family
             module_sites = [RopeSite((), primary.layout)]
+        elif name.rsplit(".", 1)[-1] in unscaled:  # one module per layer type (4.57's Olmo 3 rotary_embs)
+            module_view, module_family = view, family
+            module_sites = [RopeSite(primary.path, primary.layout, name.rsplit(".", 1)[-1])]
         else:
             module_view, module_family, module_sites = view, family, None
         report.checks += _check_module(name, module, module_view, module_family, primary, module_sites)
     if family.temperature_keys:
         report.softmax += _check_softmax(model, family, family.rope(view, primary))
     return report
+
+
+def _unscaled_layer_types(view: ConfigView, family: Any, primary: RopeSite) -> set[str]:
+    """The config's layer types a patch leaves unscaled (sliding attention), where the family tells."""
+    declared = view.get(primary.path, "layer_types")
+    scaled = getattr(family, "global_layer_types", None)
+    if not isinstance(declared, list) or scaled is None:
+        return set()
+    types = sorted({t for t in declared if isinstance(t, str)})
+    return set(types) - set(scaled(types))
 
 
 def _check_softmax(model: Any, family: Any, rope: dict[str, Any]) -> list[SoftmaxCheck]:
