@@ -44,7 +44,7 @@ from ropekit.errors import (
 )
 from ropekit.folders.atomic import PAUSE_ENV, atomic_write, default_mode
 from ropekit.folders.companions import read_companions
-from ropekit.folders.guard import access_error, file_access, hub_cache_root, shown, special_root
+from ropekit.folders.guard import access_error, file_access, hub_cache_root, shown_path, special_root
 from ropekit.folders.journal import JOURNAL_NAME, STAGING_NAME, Transaction, pending, recover
 from ropekit.folders.lock import LOCK_NAME, folder_lock
 from ropekit.hub.resolve import ResolvedConfig
@@ -178,7 +178,7 @@ def _in_place_folder(resolved: ResolvedConfig) -> Path:
 def _refuse_hub_cache(folder: Path, why: str) -> None:
     cache = hub_cache_root(folder)
     if cache is not None:
-        raise PolicyError(f"{shown(folder)} is inside the Hugging Face cache {shown(cache)}, which ropekit never "
+        raise PolicyError(f"{shown_path(folder)} is inside the Hugging Face cache {shown_path(cache)}, which ropekit never "
                           f"edits in place (its files are shared; {why}); patch into a new folder with ",
                           Param("out", placeholder="DIR"))
 
@@ -224,14 +224,14 @@ def _check_out_target(folder: Path, resolved: ResolvedConfig) -> None:
         raise InvalidConfigError(f"--out {folder} is the model's own folder; use --in-place to patch it "
                                  "there (a backup is kept for revert), or choose a new folder")
     if folder.is_symlink() and not folder.exists():
-        raise FileAccessError(f"--out {shown(folder)} is a symlink to {shown(os.readlink(folder))}, which does not "
+        raise FileAccessError(f"--out {shown_path(folder)} is a symlink to {shown_path(os.readlink(folder))}, which does not "
                               "exist; choose a real folder")
     special = special_root(folder)
     if special is not None:
-        raise FileAccessError(f"--out {shown(folder)} lies in {special}, which holds no files to write; "
+        raise FileAccessError(f"--out {shown_path(folder)} lies in {special}, which holds no files to write; "
                               "choose a folder on a disk")
     if os.path.lexists(folder) and not folder.is_dir():
-        raise InvalidConfigError(f"--out {shown(folder)} exists and is not a folder; choose a new folder")
+        raise InvalidConfigError(f"--out {shown_path(folder)} exists and is not a folder; choose a new folder")
 
 
 def _write_out(result: PatchResult, patched: bytes, companions_from: Path | None) -> None:
@@ -268,7 +268,7 @@ def _earlier_output(folder: Path) -> bool:
             return True
         except RopekitError as exc:
             problem = f"holds a {RECEIPT_FILENAME} that does not verify ({exc})"
-    raise InvalidConfigError(f"--out {shown(folder)} {problem}; ropekit writes only into a new or empty folder "
+    raise InvalidConfigError(f"--out {shown_path(folder)} {problem}; ropekit writes only into a new or empty folder "
                              "or its own earlier output; choose an empty or new folder")
 
 
@@ -280,7 +280,7 @@ def _stage_companions(result: PatchResult, txn: Transaction, source: Path, earli
         if earlier and os.path.lexists(target):
             if (target.is_symlink() or not target.is_file() or target.stat().st_size != len(item.data)
                     or target.read_bytes() != item.data):
-                result.refused.append(f"{item.name} (already in {shown(result.folder)} with other content; kept)")
+                result.refused.append(f"{item.name} (already in {shown_path(result.folder)} with other content; kept)")
                 continue
         txn.write(item.name, item.data, item.mode)
         result.copied.append(item.name)

@@ -8,7 +8,7 @@ import os
 import re
 import stat
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from ropekit.errors import InvalidConfigError, ResolutionError
 
@@ -248,10 +248,13 @@ def read_config_file(path: Path) -> dict[str, Any]:
 
 
 
-def shown(value: Any, limit: int = 300) -> str:
-    """``repr(value)``, cut to ``limit`` characters so that a hostile value keeps errors to one line."""
-    text = repr(value)
+def shown(value: Any, limit: int = 300, render: Callable[[Any], str] = repr) -> str:
+    """``render(value)``, cut to ``limit`` characters so that a hostile value keeps errors to one line."""
+    try:
+        text = render(value)
+    except ValueError:  # an integer over Python's 4300-digit repr limit
+        return "an integer of over 4300 digits"
     if len(text) <= limit:
         return text
-    size = f" ({len(value)} characters)" if isinstance(value, (str, bytes)) else ""
-    return f"{text[:limit]}...{size}"
+    size = len(value) if isinstance(value, (str, bytes)) else len(text)
+    return f"{text[:limit]}... ({size} characters)"

@@ -73,7 +73,7 @@ def special_root(path: Path) -> str | None:
     return next((root for root in SPECIAL_ROOTS if real == root or real.startswith(root + os.sep)), None)
 
 
-def shown(path: object) -> str:
+def shown_path(path: object) -> str:
     """A path for a one-line message: a very long one is cut in the middle, odd characters escaped."""
     text = os.fsdecode(path) if isinstance(path, (bytes, os.PathLike)) else str(path)
     if len(text) > 160:
@@ -97,7 +97,7 @@ def access_error(exc: OSError, action: str, path: Path) -> FileAccessError:
     where = exc.filename if exc.filename is not None else path
     reason = exc.strerror or type(exc).__name__
     fix = _FIXES.get(exc.errno or 0, "check the path and its permissions, or write the patch elsewhere with ")
-    parts: list[object] = [f"cannot {action} {shown(where)}: {reason}; {fix}"]
+    parts: list[object] = [f"cannot {action} {shown_path(where)}: {reason}; {fix}"]
     if fix.endswith(" with "):
         parts.append(Param("out", placeholder="DIR"))
     return FileAccessError(*parts)

@@ -17,9 +17,10 @@ The limits are far above any real model:
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from typing import Any
 
 from ropekit.errors import InvalidConfigError, InvalidRequestError, Param
+from ropekit.jsonio import shown
 from ropekit.scaling.config_view import positive_int, shown_number
 
 #: most rotated dimensions per attention head (and largest head_dim) ropekit accepts
@@ -44,7 +45,7 @@ def head_dim(value: Any, where: str) -> int:
 def _at_most(value: Any, where: str, limit: int, limit_text: str, real: str) -> int:
     number = positive_int(value, where)
     if number > limit:
-        raise InvalidConfigError(f"{where} is {cut_short(value)}, over ropekit's limit of {limit_text} ({real}); "
+        raise InvalidConfigError(f"{where} is {shown(value, 40, shown_number)}, over ropekit's limit of {limit_text} ({real}); "
                                  "fix the config.json")
     return number
 
@@ -66,7 +67,7 @@ def rotary_dim(value: Any, who: str) -> int:
     """
     if isinstance(value, int) and not isinstance(value, bool) and 0 < value <= MAX_ROTARY_DIM:
         return value
-    raise InvalidConfigError(f"{who} gives a rotary dimension of {cut_short(value)}; expected an integer from 1 to "
+    raise InvalidConfigError(f"{who} gives a rotary dimension of {shown(value, 40, shown_number)}; expected an integer from 1 to "
                              f"ropekit's limit of {MAX_ROTARY_DIM} (real models rotate 32 to 512 dimensions per head); "
                              "fix head_dim or partial_rotary_factor in the config.json, or report the family's plugin")
 
@@ -79,12 +80,3 @@ def reached_window(factor: float, original: int, name: str = "factor") -> int:
                                   f"{reached:.4g} tokens, over ropekit's limit of {MAX_WINDOW} (2**31); "
                                   "ask for a smaller factor")
     return int(round(reached))
-
-
-def cut_short(value: Any, render: Callable[[Any], str] = shown_number) -> str:
-    """``render(value)`` for a message, cut to about 40 characters (a 400-digit number is named by its length)."""
-    try:
-        text = render(value)
-    except ValueError:  # an integer over Python's 4300-digit repr limit
-        return "an integer of over 4300 digits"
-    return text if len(text) <= 40 else f"{text[:24]}... ({len(text)} characters)"

@@ -14,7 +14,8 @@ from pydantic import (
 )
 
 from ropekit.errors import InvalidRequestError, Param
-from ropekit.scaling.bounds import MAX_BETA, MAX_WINDOW, cut_short
+from ropekit.jsonio import shown
+from ropekit.scaling.bounds import MAX_BETA, MAX_WINDOW
 
 OnExisting = Literal["refuse", "compound", "replace"]
 
@@ -112,6 +113,6 @@ def _message(exc: ValidationError) -> tuple[Any, ...]:
     if loc == "request" or err.get("type") == "value_error" and not err.get("loc"):
         return ("invalid request: ", *(cause.parts if isinstance(cause, _Invalid) else (msg,)))
     name = Param(loc) if loc in LongContextConfig.model_fields else loc
-    return ("invalid ", name, f" {cut_short(err.get('input'), repr)}: {msg}")
+    return ("invalid ", name, f" {shown(err.get('input'), 40)}: {msg}")
 
 
