@@ -149,8 +149,7 @@ def patch_folder(resolved: ResolvedConfig, request: LongContextConfig, *, out: P
         receipt = sign_receipt(receipt, sign_key)
     result = PatchResult(plan, receipt, folder, in_place, folder / CONFIG_FILENAME, folder / RECEIPT_FILENAME)
     if in_place:
-        with file_access("write to", folder), folder_lock(folder):
-            recover(folder)
+        with file_access("write to", folder), _locked(folder):
             _write_in_place(result, original, patched)  # type: ignore[arg-type]
         return result
     _write_out(result, patched, companions_from)
@@ -178,8 +177,8 @@ def _in_place_folder(resolved: ResolvedConfig) -> Path:
 def _refuse_hub_cache(folder: Path, why: str) -> None:
     cache = hub_cache_root(folder)
     if cache is not None:
-        raise PolicyError(f"{shown_path(folder)} is inside the Hugging Face cache {shown_path(cache)}, which ropekit never "
-                          f"edits in place (its files are shared; {why}); patch into a new folder with ",
+        raise PolicyError(f"{shown_path(folder)} is inside the Hugging Face cache {shown_path(cache)}, which "
+                          f"ropekit never edits in place (its files are shared; {why}); patch into a new folder with ",
                           Param("out", placeholder="DIR"))
 
 
@@ -200,7 +199,7 @@ def _write_in_place(result: PatchResult, original: bytes, patched: bytes) -> Non
         raise PolicyError(f"{config_path} changed while this command waited for another ropekit on {folder}; "
                           "run the command again to patch the config as it is now")
     mode = os.stat(config_path).st_mode & 0o7777
-    with _transaction(folder) as txn:
+    with Transaction(folder) as txn:
         txn.write(BACKUP_FILENAME, original, mode)
         txn.write(CONFIG_FILENAME, patched, mode)
         txn.write(RECEIPT_FILENAME, result.receipt.to_json().encode("utf-8"), default_mode())
@@ -208,15 +207,11 @@ def _write_in_place(result: PatchResult, original: bytes, patched: bytes) -> Non
 
 
 @contextlib.contextmanager
-def _transaction(folder: Path) -> Iterator[Transaction]:
-    """A :class:`Transaction` committed when the block ends, discarded when it raises."""
-    txn = Transaction(folder)
-    try:
-        yield txn
-    except BaseException:
-        txn.abort()
-        raise
-    txn.commit()
+def _locked(folder: Path) -> Iterator[None]:
+    """Hold ``folder``'s lock, first finishing or discarding a change a killed ropekit left there."""
+    with folder_lock(folder):
+        recover(folder)
+        yield
 
 
 def _check_out_target(folder: Path, resolved: ResolvedConfig) -> None:
@@ -224,8 +219,8 @@ def _check_out_target(folder: Path, resolved: ResolvedConfig) -> None:
         raise InvalidConfigError(f"--out {folder} is the model's own folder; use --in-place to patch it "
                                  "there (a backup is kept for revert), or choose a new folder")
     if folder.is_symlink() and not folder.exists():
-        raise FileAccessError(f"--out {shown_path(folder)} is a symlink to {shown_path(os.readlink(folder))}, which does not "
-                              "exist; choose a real folder")
+        raise FileAccessError(f"--out {shown_path(folder)} is a symlink to {shown_path(os.readlink(folder))}, "
+                              "which does not exist; choose a real folder")
     special = special_root(folder)
     if special is not None:
         raise FileAccessError(f"--out {shown_path(folder)} lies in {special}, which holds no files to write; "
@@ -241,10 +236,9 @@ def _write_out(result: PatchResult, patched: bytes, companions_from: Path | None
     try:
         with file_access("write to", folder):
             folder.mkdir(parents=True, exist_ok=True)
-            with folder_lock(folder):
-                recover(folder)
+            with _locked(folder):
                 earlier = _earlier_output(folder)
-                with _transaction(folder) as txn:
+                with Transaction(folder) as txn:
                     if companions_from is not None:
                         _stage_companions(result, txn, companions_from, earlier)
                     txn.write(CONFIG_FILENAME, patched, default_mode())
@@ -394,8 +388,7 @@ def revert_folder(target: Path, *, force: bool = False) -> RevertResult:
     """
     folder = locate_folder(target)
     _refuse_hub_cache(folder, "nothing ropekit wrote there can be reverted")
-    with file_access("write to", folder), folder_lock(folder):
-        recover(folder)
+    with file_access("write to", folder), _locked(folder):
         return _revert_locked(folder, force)
 
 
@@ -416,7 +409,7 @@ def _revert_locked(folder: Path, force: bool) -> RevertResult:
     if current != original and receipt_path.is_file() and not force:
         _check_revertible(Receipt.load(receipt_path), original, current, folder)
     removed = [path.name for path in (receipt_path, backup) if os.path.lexists(path)]
-    with _transaction(folder) as txn:
+    with Transaction(folder) as txn:
         if current != original:
             mode = os.stat(config_path if current is not None else backup).st_mode & 0o7777
             txn.write(CONFIG_FILENAME, original, mode)

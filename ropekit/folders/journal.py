@@ -35,13 +35,25 @@ _MAX_JOURNAL_BYTES = 1024 * 1024
 
 
 class Transaction:
-    """Changes to the files of one folder that land together or not at all."""
+    """Changes to the files of one folder that land together or not at all.
+
+    As a context manager it commits when the block ends and is discarded when it raises.
+    """
 
     def __init__(self, folder: Path) -> None:
         self.folder = Path(folder)
         self.staging = self.folder / STAGING_NAME
         self._moves: list[tuple[str, str]] = []
         self._removals: list[str] = []
+
+    def __enter__(self) -> "Transaction":
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        if exc_type is not None:
+            self.abort()
+        else:
+            self.commit()
 
     def write(self, name: str, data: bytes, mode: int) -> None:
         """Stage ``data`` as the new content of ``folder/name`` (nothing visible changes yet)."""

@@ -45,8 +45,8 @@ def head_dim(value: Any, where: str) -> int:
 def _at_most(value: Any, where: str, limit: int, limit_text: str, real: str) -> int:
     number = positive_int(value, where)
     if number > limit:
-        raise InvalidConfigError(f"{where} is {shown(value, 40, shown_number)}, over ropekit's limit of {limit_text} ({real}); "
-                                 "fix the config.json")
+        raise InvalidConfigError(f"{where} is {shown(value, 40, shown_number)}, over ropekit's limit of "
+                                 f"{limit_text} ({real}); fix the config.json")
     return number
 
 
@@ -67,8 +67,8 @@ def rotary_dim(value: Any, who: str) -> int:
     """
     if isinstance(value, int) and not isinstance(value, bool) and 0 < value <= MAX_ROTARY_DIM:
         return value
-    raise InvalidConfigError(f"{who} gives a rotary dimension of {shown(value, 40, shown_number)}; expected an integer from 1 to "
-                             f"ropekit's limit of {MAX_ROTARY_DIM} (real models rotate 32 to 512 dimensions per head); "
+    raise InvalidConfigError(f"{who} gives a rotary dimension of {shown(value, 40, shown_number)}; expected an "
+                             f"integer from 1 to ropekit's limit of {MAX_ROTARY_DIM} (real models rotate 32 to 512 dimensions per head); "
                              "fix head_dim or partial_rotary_factor in the config.json, or report the family's plugin")
 
 

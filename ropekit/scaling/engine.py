@@ -310,19 +310,18 @@ def _check_compound(view: ConfigView, fam: Family, sites: list[RopeSite], existi
         linear = registry.method("linear")
         unstable = fac.total > linear.stable_max_factor and not request.allow_unstable
         alternative: tuple[Any, ...] = (
-            "linear over linear composes exactly: ", Param("method", "linear"), " ", Param("on_existing", "compound"),
-            *((" ", Param("allow_unstable", True)) if unstable else ()),
+            "linear over linear composes exactly: ", *policy.compound_params("linear", unstable),
             f" gives linear x{fac.total:g} from {fac.base} = {new_window(fac.total, fac.base)} tokens")
         suggestion = request.model_copy(update={"method": "linear", "allow_unstable": request.allow_unstable or unstable})
     elif method.name != "yarn" and (fam.methods is None or "yarn" in fam.methods) and policy.faster_pairs(
             trained, _yarn_rope(trained, fac, request), rotary_dim, trained_max,
             new_window(fac.total, fac.base)) is None:
-        alternative = ("yarn keeps every trained frequency: ", Param("method", "yarn"), " ",
-                       Param("on_existing", "compound"))
+        alternative = ("yarn keeps every trained frequency: ", *policy.compound_params("yarn"))
         suggestion = request.model_copy(update={"method": "yarn"})
     elif method.name == "yarn" and (beta := _safe_beta_fast(trained, final, rotary_dim, trained_max,
                                                                max_positions, request)) is not None:
-        alternative = ("a wider YaRN ramp keeps every trained frequency: ", Param("beta_fast", int(beta) if float(beta).is_integer() else beta))
+        shown_beta = int(beta) if float(beta).is_integer() else beta
+        alternative = ("a wider YaRN ramp keeps every trained frequency: ", Param("beta_fast", shown_beta))
         suggestion = request.model_copy(update={"beta_fast": float(beta)})
     else:
         alternative = (f"replace the shipped {existing.rope_type} instead (", Param("on_existing", "replace"),

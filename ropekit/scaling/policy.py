@@ -88,15 +88,16 @@ def windows(existing: ShippedScaling | None, native: int, total: float, base: in
     return Windows(native, existing.window if existing else native, new_window(total, base))
 
 
-def target_options(target: int, on_existing: str, unstable: bool = False) -> str:
-    """The flags that reach ``target`` (for warnings, which are plain text)."""
-    return f"--target-context {target} --on-existing {on_existing}" + (" --allow-unstable" if unstable else "")
-
-
-def target_params(target: int, on_existing: str, unstable: bool = False) -> tuple[Any, ...]:
-    """The parameters that reach ``target``, as parts of an error message (flags on the command line)."""
-    return (Param("target_context", target), " ", Param("on_existing", on_existing),
+def compound_params(method: str | None = None, unstable: bool = False) -> tuple[Any, ...]:
+    """``[method=M] on_existing='compound' [allow_unstable=True]`` as parts of an error message
+    (the command line spells them as flags)."""
+    return (*((Param("method", method), " ") if method else ()), Param("on_existing", "compound"),
             *((" ", Param("allow_unstable", True)) if unstable else ()))
+
+
+def target_params(target: int, unstable: bool = False) -> tuple[Any, ...]:
+    """The parameters that reach ``target`` by compounding, as parts of an error message."""
+    return (Param("target_context", target), " ", *compound_params(unstable=unstable))
 
 
 def compounding_refusal(existing: ShippedScaling, request: LongContextConfig, method: ScalingMethod,
@@ -118,7 +119,7 @@ def compounding_refusal(existing: ShippedScaling, request: LongContextConfig, me
         error = CompoundingError(
             f"{head}; a {target}-token window means {method.name} x{total:g} from {L0} "
             f"({_times(target / have)} the window {have} it has today); compound to reach it: ",
-            *target_params(target, "compound", unstable))
+            *target_params(target, unstable))
         error.suggestion = suggestion
         return error
     asked = fac.requested
@@ -126,18 +127,15 @@ def compounding_refusal(existing: ShippedScaling, request: LongContextConfig, me
     reached = new_window(compounded, L0)
     goal = new_window(asked, have)
     parts: list[Any] = [f"{head}; x{asked:g} on top compounds to {method.name} x{compounded:g} from {L0} = "
-                        f"{reached} tokens ({_times(reached / have)} the window {have} it has today); pass ",
-                        Param("on_existing", "compound")]
+                        f"{reached} tokens ({_times(reached / have)} the window {have} it has today); pass "]
     beyond = compounded > method.stable_max_factor and not request.allow_unstable
-    if beyond:
-        parts += [" ", Param("allow_unstable", True)]
-    parts.append(" for that")
+    parts += [*compound_params(unstable=beyond), " for that"]
     suggestion = request.model_copy(update={"on_existing": "compound", "allow_unstable": request.allow_unstable
                                             or beyond})
     if reached < goal * (1 - REL_TOL):
         unstable = goal / L0 > method.stable_max_factor and not request.allow_unstable
         parts += [f"; for x{asked:g} the window it has today ({goal} tokens) ask ",
-                  *target_params(goal, "compound", unstable), " instead"]
+                  *target_params(goal, unstable), " instead"]
     replaced = new_window(asked, L0)
     shrink = f", which shrinks the window from {have}" if replaced < have else ""
     parts += ["; ", Param("on_existing", "replace"), f" drops {existing.rope_type} and applies {method.name} "
@@ -163,7 +161,7 @@ def window_warnings(existing: ShippedScaling | None, request: LongContextConfig,
             out.append(
                 f"compounded window {win.new} is {_times(win.growth)} the window {win.shipped} the model has "
                 f"today, not the x{fac.requested:g} asked ({existing.describe()}); for {goal} tokens use "
-                f"target_context={goal} ({target_options(goal, 'compound')})")
+                f"target_context={goal} (--target-context {goal} --on-existing compound)")
     return out
 
 
@@ -215,5 +213,5 @@ def temperature_refusal(existing: ShippedScaling, method: ScalingMethod, family:
     return CompoundingError(
         f"model {existing.describe()} and its {family.name} attention was trained with a softmax temperature "
         f"x{trained_multiplier:.4g} (mscale_all_dim); {method.name} carries no attention temperature, so "
-        f"compounding would drop it; compound with yarn instead (", Param("method", "yarn"), " ",
-        Param("on_existing", "compound"), "), or replace the shipped scaling (", Param("on_existing", "replace"), ")")
+        f"compounding would drop it; compound with yarn instead (", *compound_params("yarn"),
+        "), or replace the shipped scaling (", Param("on_existing", "replace"), ")")
