@@ -237,6 +237,11 @@ def fetch_file(repo_id: str, filename: str, revision: str | None = None) -> Path
                               f"the cache folder {cache} (HF_HUB_CACHE)") from None
 
 
+def repo_folder(cache: Path, repo_id: str) -> Path:
+    """Where the Hugging Face cache keeps a model repo (``models--ORG--NAME``)."""
+    return cache / "--".join(["models", *repo_id.split("/")])
+
+
 def check_cache_ref(cache: Path, repo_id: str, revision: str | None) -> None:
     """Refuse a cache ref file (``refs/main``) that does not hold a commit sha.
 
@@ -246,7 +251,7 @@ def check_cache_ref(cache: Path, repo_id: str, revision: str | None) -> None:
     ref = revision or "main"
     if _COMMIT.match(ref):
         return
-    path = cache / "--".join(["models", *repo_id.split("/")]) / "refs" / ref
+    path = repo_folder(cache, repo_id) / "refs" / ref
     try:
         with open(path, "rb") as handle:
             held = handle.read(256)
@@ -261,7 +266,7 @@ def check_cache_ref(cache: Path, repo_id: str, revision: str | None) -> None:
 
 def _cache_miss(cache: Path, repo_id: str, filename: str, revision: str | None, offline: bool) -> str:
     """One sentence: what the cache lacks, why it was not downloaded, and the fix."""
-    folder = cache / "--".join(["models", *repo_id.split("/")])
+    folder = repo_folder(cache, repo_id)
     if not folder.is_dir():
         missing = f"{repo_id!r} is not in the Hugging Face cache at {cache}"
     elif revision and not ((folder / "refs" / revision).is_file() or (folder / "snapshots" / revision).is_dir()):
